@@ -1,0 +1,31 @@
+# irtoolkit — one-step setup, tests and the demo.
+PY ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.irtoolkit-installed
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup test demo lint clean-experiments
+
+setup: $(STAMP)
+
+# torch first, then basicsr without build isolation (its setup_requires would pull a second torch),
+# then the package itself, editable, with dev extras.
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" "setuptools<81" wheel cython numpy
+	$(VPY) -m pip install -q --no-build-isolation "basicsr==1.4.2"
+	$(VPY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(VPY) -m pytest -q tests
+
+demo: setup
+	$(VPY) tools/demo.py
+
+lint: setup
+	$(VPY) -m flake8 irtoolkit tools tests benchmarks
+
+clean-experiments:
+	rm -rf experiments results tb_logger

@@ -1,0 +1,1 @@
+"""The runner: options -> device / distribution / logging -> data -> model -> loop. It knows no method."""

@@ -1,0 +1,78 @@
+"""Atomic checkpoint writes and safe (``weights_only=True``) reads."""
+import glob
+import os
+import os.path as osp
+import random
+import re
+
+import numpy as np
+import torch
+
+
+def atomic_save(obj, path):
+    """Write with ``torch.save`` to a temporary file in the same folder, fsync, then rename.
+
+    A crash mid-write leaves the previous file intact; a reader never sees a half-written checkpoint.
+    """
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp.{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def safe_load(path, map_location='cpu'):
+    """``torch.load(..., weights_only=True)`` with a one-line error for a missing or unreadable file."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle, zip and unpickler errors all mean "not a checkpoint we trust"
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RuntimeError(f'cannot load checkpoint {path}: {msg}') from err
+
+
+def get_rng_state():
+    """Python, numpy and torch RNG states in weights_only-loadable types."""
+    np_state = np.random.get_state()
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    py = state['python']
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state['torch'])
+    np_state = state['numpy']
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def latest_training_state(states_dir):
+    """Path of the ``<iter>.state`` with the highest iteration in ``states_dir``, or None."""
+    files = [f for f in glob.glob(osp.join(states_dir, '*.state')) if re.fullmatch(r'\d+\.state', osp.basename(f))]
+    if not files:
+        return None
+    return max(files, key=lambda f: int(osp.basename(f).split('.')[0]))
+
+
+def prune_checkpoints(models_dir, states_dir, keep):
+    """Keep the ``keep`` most recent periodic checkpoints (``latest`` is never removed)."""
+    if not keep or keep <= 0:
+        return
+    iters = sorted({int(osp.basename(f).split('.')[0]) for f in glob.glob(osp.join(states_dir, '*.state'))
+                    if re.fullmatch(r'\d+\.state', osp.basename(f))})
+    for it in iters[:-keep]:
+        for f in glob.glob(osp.join(models_dir, f'*_{it}.pth')) + [osp.join(states_dir, f'{it}.state')]:
+            if osp.exists(f):
+                os.remove(f)

@@ -1,0 +1,84 @@
+"""Datasets and loaders from options: registry lookup, a resumable sampler, seeded workers."""
+import math
+import random
+from functools import partial
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from irtoolkit.utils.registry import DATASET_REGISTRY, get_from_registry
+
+
+def build_dataset(dataset_opt, key):
+    """Build ``DATASET_REGISTRY[dataset_opt['type']](dataset_opt)`` (basicsr datasets take the option dict)."""
+    cls = get_from_registry(DATASET_REGISTRY, dataset_opt.get('type'), key)
+    dataset = cls(dataset_opt)
+    if len(dataset) == 0:
+        raise ValueError(f'{key}: dataset {dataset_opt.get("name", "")} ({cls.__name__}) is empty')
+    return dataset
+
+
+class ResumableSampler(Sampler):
+    """Shuffled, rank-sharded, optionally enlarged index stream that can start mid-epoch.
+
+    The permutation depends only on (seed, epoch), so a run resumed at batch ``k`` of epoch ``e`` sees exactly
+    the indices the uninterrupted run saw. Each rank gets ``ceil(N * ratio / world)`` indices.
+    """
+
+    def __init__(self, dataset, world_size=1, rank=0, ratio=1, shuffle=True, seed=0):
+        self.n = len(dataset)
+        self.world_size, self.rank, self.shuffle, self.seed = world_size, rank, shuffle, seed
+        self.num_samples = math.ceil(self.n * ratio / world_size)
+        self.total_size = self.num_samples * world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch, start=0):
+        """Use ``epoch``'s permutation and skip its first ``start`` indices (for mid-epoch resume)."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(self.total_size, generator=g) % self.n
+        else:
+            indices = torch.arange(self.total_size) % self.n
+        return iter(indices[self.rank:self.total_size:self.world_size][self.start:].tolist())
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+
+def _worker_init(worker_id, num_workers, rank, seed):
+    worker_seed = num_workers * rank + worker_id + seed
+    np.random.seed(worker_seed % 2 ** 32)
+    random.seed(worker_seed)
+    torch.manual_seed(worker_seed)
+
+
+def build_dataloader(dataset, dataset_opt, phase, world_size=1, rank=0, seed=0, use_cuda=False):
+    """Train loaders shuffle through :class:`ResumableSampler` and drop the last partial batch; val/test
+    loaders take one image at a time in order. ``persistent_workers`` defaults to on when workers are used
+    (re-spawning workers every epoch costs seconds per epoch on CPU)."""
+    workers = int(dataset_opt.get('num_worker_per_gpu', 0) or 0)
+    common = dict(num_workers=workers, pin_memory=dataset_opt.get('pin_memory', use_cuda),
+                  # our own generator: creating an iterator must not consume the global torch RNG (exact resume)
+                  generator=torch.Generator().manual_seed(seed))
+    if workers > 0:
+        common['persistent_workers'] = dataset_opt.get('persistent_workers', True)
+        common['worker_init_fn'] = partial(_worker_init, num_workers=workers, rank=rank, seed=seed)
+        if dataset_opt.get('prefetch_factor'):
+            common['prefetch_factor'] = dataset_opt['prefetch_factor']
+    if phase == 'train':
+        sampler = ResumableSampler(dataset, world_size, rank, dataset_opt.get('dataset_enlarge_ratio', 1),
+                                   dataset_opt.get('use_shuffle', True), seed)
+        batch = dataset_opt.get('batch_size_per_gpu')
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f'datasets.{dataset_opt.get("name", "train")}.batch_size_per_gpu: expected an int >= 1')
+        if sampler.num_samples < batch:
+            raise ValueError(f'datasets.train: {sampler.num_samples} samples per rank < batch_size_per_gpu {batch}; '
+                             'raise dataset_enlarge_ratio or lower the batch size')
+        loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, **common)
+        return loader, sampler
+    loader = DataLoader(dataset, batch_size=dataset_opt.get('batch_size_per_gpu', 1) or 1, shuffle=False, **common)
+    return loader, None

@@ -1,0 +1,93 @@
+"""Distributed setup for torchrun (``--launcher pytorch``) and SLURM (``--launcher slurm``).
+
+nccl on GPUs, gloo on CPUs. Unlike basicsr's ``init_dist`` this never divides by the GPU count, so it also
+runs on CPU-only machines (e.g. a 2-process gloo test).
+"""
+import functools
+import os
+import subprocess
+
+import torch
+import torch.distributed as dist
+
+
+def init_dist(launcher, backend=None, port=None):
+    """Initialise the default process group; returns (rank, world_size, local_rank)."""
+    if launcher == 'pytorch':
+        rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    elif launcher == 'slurm':
+        rank, world_size = int(os.environ['SLURM_PROCID']), int(os.environ['SLURM_NTASKS'])
+        local_rank = int(os.environ.get('SLURM_LOCALID', 0))
+        node_list = os.environ['SLURM_NODELIST']
+        addr = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1') or '127.0.0.1'
+        os.environ.setdefault('MASTER_ADDR', addr)
+        os.environ.setdefault('MASTER_PORT', str(port or 29500))
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
+    else:
+        raise ValueError(f'--launcher {launcher!r}: expected none, pytorch or slurm')
+    use_cuda = torch.cuda.is_available()
+    backend = backend or ('nccl' if use_cuda else 'gloo')
+    if use_cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, init_method='env://', rank=rank, world_size=world_size)
+    return rank, world_size, local_rank
+
+
+def get_dist_info():
+    """(rank, world_size); (0, 1) when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process():
+    return get_dist_info()[0] == 0
+
+
+def master_only(func):
+    """Run ``func`` on rank 0 only (returns None elsewhere)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if is_main_process():
+            return func(*args, **kwargs)
+        return None
+
+    return wrapper
+
+
+def barrier():
+    if get_dist_info()[1] > 1:
+        dist.barrier()
+
+
+def all_gather_cat(tensor):
+    """Gather ``tensor`` (same shape on every rank) along dim 0; a no-op when not distributed.
+
+    The result carries no gradient: it is meant for queues and statistics (e.g. MoCo keys).
+    """
+    rank, world = get_dist_info()
+    if world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def reduce_mean(value):
+    """Average a float or tensor over ranks (for logging)."""
+    _, world = get_dist_info()
+    if world == 1:
+        return value
+    t = value.detach().clone() if torch.is_tensor(value) else torch.tensor(float(value))
+    backend = dist.get_backend()
+    if backend == 'nccl':
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t / world
+
+
+def cleanup():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

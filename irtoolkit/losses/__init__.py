@@ -1,0 +1,1 @@
+"""See irtoolkit/__init__.py: registering modules are imported automatically."""

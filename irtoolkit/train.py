@@ -1,0 +1,17 @@
+"""Train from an options file: ``python irtoolkit/train.py -opt options/train/x.yml [--launcher pytorch]``."""
+import os.path as osp
+import sys
+
+if __package__ in (None, ''):  # run as a script: import the package, not the files beside this one
+    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+import irtoolkit  # noqa: E402,F401  (applies compat patches and registers everything)
+from irtoolkit.engine.runner import train  # noqa: E402
+
+
+def main(argv=None):
+    train(argv)
+
+
+if __name__ == '__main__':
+    main()
