@@ -5,6 +5,7 @@ runs on CPU-only machines (e.g. a 2-process gloo test).
 """
 import functools
 import os
+import re
 import subprocess
 
 import torch
@@ -19,9 +20,7 @@ def init_dist(launcher, backend=None, port=None):
     elif launcher == 'slurm':
         rank, world_size = int(os.environ['SLURM_PROCID']), int(os.environ['SLURM_NTASKS'])
         local_rank = int(os.environ.get('SLURM_LOCALID', 0))
-        node_list = os.environ['SLURM_NODELIST']
-        addr = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1') or '127.0.0.1'
-        os.environ.setdefault('MASTER_ADDR', addr)
+        os.environ.setdefault('MASTER_ADDR', first_slurm_host(os.environ.get('SLURM_NODELIST', '127.0.0.1')))
         os.environ.setdefault('MASTER_PORT', str(port or 29500))
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
     else:
@@ -32,6 +31,21 @@ def init_dist(launcher, backend=None, port=None):
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend=backend, init_method='env://', rank=rank, world_size=world_size)
     return rank, world_size, local_rank
+
+
+def first_slurm_host(node_list):
+    """First host of a SLURM node list (``node[01-04,07],gpu5`` -> ``node01``); scontrol when available."""
+    try:
+        out = subprocess.run(['scontrol', 'show', 'hostnames', node_list], capture_output=True, text=True, timeout=20)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    m = re.match(r'([^,\[]+)(?:\[([^\]]+)\])?', node_list)
+    if not m:
+        return node_list
+    prefix, ranges = m.group(1), m.group(2)
+    return prefix + ranges.split(',')[0].split('-')[0] if ranges else prefix
 
 
 def get_dist_info():

@@ -49,6 +49,7 @@ class BaseModel:
         self.optimizers = OrderedDict()  # name -> optimizer
         self.schedulers = []
         self.log_dict = OrderedDict()
+        self._unsaved = set()
         train_opt = opt.get('train') or {}
         amp = train_opt.get('amp') or {}
         self.amp_enabled = bool(amp.get('enabled', False)) and self.is_train
@@ -61,8 +62,12 @@ class BaseModel:
         self.grad_clip = dict(max_norm=float(clip)) if isinstance(clip, (int, float)) else clip
 
     # ------------------------------------------------------------------ networks
-    def build_net(self, key='network_g', name=None, trainable=True):
-        """Build ``opt[key]``, load ``path.pretrain_<key>`` if set, move to the device, wrap in DDP if distributed."""
+    def build_net(self, key='network_g', name=None, trainable=True, save=True):
+        """Build ``opt[key]``, load ``path.pretrain_<key>`` if set, move to the device, wrap in DDP if distributed.
+
+        ``trainable=False`` freezes it (eval mode, no grad, no DDP); ``save=False`` keeps it out of checkpoints
+        (e.g. frozen teachers that are always loaded from their own files).
+        """
         if key not in self.opt:
             raise OptionError(f'{self.opt.get("opt_path", "")}: {key}: missing (needed by {type(self).__name__})')
         net = build_network(self.opt[key], key).to(self.device)
@@ -80,6 +85,8 @@ class BaseModel:
             net = DistributedDataParallel(net, device_ids=ids,
                                           find_unused_parameters=self.opt.get('find_unused_parameters', False))
         self.networks[name or f'net_{suffix}'] = net
+        if not save:
+            self._unsaved.add(name or f'net_{suffix}')
         return net
 
     def load_network(self, net, path, strict=True, param_key='params'):
@@ -202,7 +209,8 @@ class BaseModel:
         if self.rank != 0:
             return
         for name in self.networks:
-            self.save_network_file(name, current_iter)
+            if name not in self._unsaved:
+                self.save_network_file(name, current_iter)
         if current_iter == 'latest':
             return
         state = {'epoch': epoch, 'iter': current_iter, 'batch_in_epoch': batch_in_epoch,
@@ -215,6 +223,8 @@ class BaseModel:
         """Load networks of ``state['iter']`` and the optimiser/scheduler/scaler states."""
         it = state['iter']
         for name, net in self.networks.items():
+            if name in self._unsaved:
+                continue
             path = osp.join(self.opt['path']['models'], f'{name}_{it}.pth')
             self.load_network(net, path, True, 'params')
             if name in self.ema_networks:

@@ -139,7 +139,10 @@ def parse_options(opt_path, is_train=True, overrides=None, root_path=None):
     try:
         opt = yaml_load(opt_path)
     except yaml.YAMLError as err:
-        raise OptionError(f'{opt_path}: not valid YAML: {err}') from err
+        mark = getattr(err, 'problem_mark', None)
+        where = f'line {mark.line + 1}, column {mark.column + 1}: ' if mark else ''
+        problem = getattr(err, 'problem', None) or str(err).splitlines()[0]
+        raise OptionError(f'{opt_path}: not valid YAML: {where}{problem}') from None
     if not isinstance(opt, dict):
         raise OptionError(f'{opt_path}: expected a mapping at the top level, got {type(opt).__name__}')
     for item in overrides or []:
@@ -190,8 +193,13 @@ def parse_options(opt_path, is_train=True, overrides=None, root_path=None):
         if 'type' not in dataset:
             raise OptionError(f'{where}datasets.{phase_key}.type: missing')
         for k in [k for k in dataset if k.startswith('dataroot') or k == 'meta_info_file']:
-            if isinstance(dataset[k], str):
-                dataset[k] = osp.expanduser(dataset[k])
+            paths = dataset[k] if isinstance(dataset[k], list) else [dataset[k]]
+            paths = [osp.expanduser(p) if isinstance(p, str) else p for p in paths]
+            dataset[k] = paths if isinstance(dataset[k], list) else paths[0]
+            for i, p in enumerate(paths):  # fail now, not after the model is built
+                if isinstance(p, str) and not osp.exists(p):
+                    idx = f'[{i}]' if isinstance(dataset[k], list) else ''
+                    raise OptionError(f'{where}datasets.{phase_key}.{k}{idx}: not found: {p}')
     if is_train and 'train' not in (opt.get('datasets') or {}):
         raise OptionError(f'{where}datasets.train: missing (a training recipe needs a train dataset)')
     if is_train and not isinstance((opt.get('train') or {}).get('total_iter'), int):
