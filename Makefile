@@ -22,7 +22,8 @@ test: setup
 	$(VPY) -m pytest -q tests
 
 demo: setup
-	$(VPY) tools/demo.py
+	$(VPY) tools/make_tiny_data.py --root datasets/tiny
+	$(VPY) irtoolkit/train.py -opt options/train/NAFNet/train_NAFNet_tiny.yml
 
 lint: setup
 	$(VPY) -m flake8 irtoolkit tools tests benchmarks

@@ -1,11 +1,14 @@
 """Plugins from a .py file outside the package, and clear errors for bad option files."""
 import textwrap
 
+from pathlib import Path
+
 import pytest
-from irtk_testutils import tiny_options, write_options
+import torch
+from irtk_testutils import REPO, tiny_options, write_options
 
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options
+from irtoolkit.utils.options import parse_options, yaml_load
 from irtoolkit.utils.registry import OptionError
 
 PLUGIN = textwrap.dedent('''
@@ -30,11 +33,27 @@ def test_plugin_arch_from_py_file(tiny_data, in_tmp):
     plugin_dir = in_tmp / 'elsewhere'
     plugin_dir.mkdir()
     (plugin_dir / 'my_arch.py').write_text(PLUGIN)
-    opt = tiny_options(tiny_data, 'plugin', 10, plugins=[str(plugin_dir / 'my_arch.py')],
+    (in_tmp / 'opts').mkdir()
+    # relative to the options file's folder
+    opt = tiny_options(tiny_data, 'plugin', 10, plugins=['../elsewhere/my_arch.py'],
                        network_g={'type': 'TestPluginResNet', 'width': 8})
-    run_train(['-opt', write_options(opt, in_tmp / 'p.yml')])
+    run_train(['-opt', write_options(opt, in_tmp / 'opts' / 'p.yml')])
     assert (in_tmp / 'experiments/plugin/models/net_g_latest.pth').is_file()
-    run_train(['-opt', write_options(opt, in_tmp / 'p.yml')])  # second import in one process: no re-registration
+    run_train(['-opt', write_options(opt, in_tmp / 'opts' / 'p.yml')])  # imported once per process: no re-registration
+
+
+def test_readme_plugin_example_runs(tiny_data, in_tmp):
+    readme = (Path(REPO) / 'README.md').read_text()
+    section = readme[readme.index('## Add your own network'):]
+    code = section[section.index('```python') + 9:section.index('```', section.index('```python') + 9)]
+    yaml_block = section[section.index('```yaml') + 7:section.index('```', section.index('```yaml') + 7)]
+    (in_tmp / 'path' / 'to').mkdir(parents=True)
+    (in_tmp / 'path' / 'to' / 'my_arch.py').write_text(code)
+    extra = yaml_load(yaml_block)
+    opt = tiny_options(tiny_data, 'readme_plugin', 5, **extra)
+    run_train(['-opt', write_options(opt, in_tmp / 'readme.yml')])
+    state = torch.load(in_tmp / 'experiments/readme_plugin/models/net_g_latest.pth', weights_only=True)
+    assert state['params']['body.0.weight'].shape == (32, 3, 3, 3)
 
 
 def _expect_error(tmp_path, opt, *fragments, text=None):
