@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny paired set and a helper that writes an options file and runs the trainer."""
 import os
-import os.path as osp
 
 import pytest
 

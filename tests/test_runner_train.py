@@ -29,7 +29,8 @@ def test_test_runner_writes_results(tiny_data, in_tmp):
     test_opt = {
         'name': 'tt_test', 'model_type': 'RestorationModel', 'num_gpu': 0,
         'datasets': {'test_1': {'name': 'tiny_val', 'type': 'PairedImageDataset', 'io_backend': {'type': 'disk'},
-                                'dataroot_gt': osp.join(tiny_data, 'val/gt'), 'dataroot_lq': osp.join(tiny_data, 'val/lq'),
+                                'dataroot_gt': osp.join(tiny_data, 'val/gt'),
+                                'dataroot_lq': osp.join(tiny_data, 'val/lq'),
                                 'filename_tmpl': '{}'}},
         'network_g': tiny_options(tiny_data)['network_g'],
         'path': {'pretrain_network_g': str(in_tmp / 'experiments/tt/models/net_g_latest.pth'),

@@ -33,6 +33,6 @@ def make_tiny_pairs(root, n_train=8, n_val=2, size=64, sigma=25, seed=0):
             gt = img[y:y + size, x:x + size].astype(np.float32)
             lq = np.clip(gt + rng.normal(0, sigma, gt.shape), 0, 255)
             for sub, arr in (('gt', gt), ('lq', lq)):
-                cv2.imwrite(osp.join(root, split, sub, f'{i:04d}.png'), cv2.cvtColor(arr.round().astype(np.uint8),
-                                                                                  cv2.COLOR_RGB2BGR))
+                bgr = cv2.cvtColor(arr.round().astype(np.uint8), cv2.COLOR_RGB2BGR)
+                cv2.imwrite(osp.join(root, split, sub, f'{i:04d}.png'), bgr)
     return root

@@ -227,7 +227,8 @@ def test(argv=None):
     logger.info('options:\n' + dict2str(opt))
     loaders = []
     for key, dopt in (opt.get('datasets') or {}).items():
-        loaders.append(build_dataloader(build_dataset(dopt, f'datasets.{key}'), dopt, 'test', seed=opt['manual_seed'])[0])
+        dataset = build_dataset(dopt, f'datasets.{key}')
+        loaders.append(build_dataloader(dataset, dopt, 'test', seed=opt['manual_seed'])[0])
     if not loaders:
         raise ValueError(f'{opt["opt_path"]}: datasets: no test_* dataset given')
     model = build_model(opt)

@@ -234,7 +234,8 @@ class BaseModel:
                 raise KeyError(f'resume state has no optimizer {k!r} (has {list(state["optimizers"])})')
             o.load_state_dict(state['optimizers'][k])
         if len(state['schedulers']) != len(self.schedulers):
-            raise ValueError(f'resume state has {len(state["schedulers"])} schedulers, model has {len(self.schedulers)}')
+            raise ValueError(f'resume state has {len(state["schedulers"])} schedulers, '
+                             f'the model has {len(self.schedulers)}')
         for s, s_state in zip(self.schedulers, state['schedulers']):
             s.load_state_dict(s_state)
         self.scaler.load_state_dict(state.get('scaler', {}))
