@@ -1,0 +1,216 @@
+"""Write, read and verify image LMDBs in BasicSR's layout.
+
+Layout (what basicsr's ``paired_paths_from_lmdb`` and ``FileClient('lmdb')`` read): a folder ``<name>.lmdb``
+with ``data.mdb`` (key = file stem, ASCII; value = PNG bytes, OpenCV BGR channel order) and ``meta_info.txt``,
+one line per record, ``<key>.png (<h>,<w>,<c>) <png compression level>``.
+
+Reading goes through :func:`irtoolkit.compat.open_lmdb`, which opens each path once per process (py-lmdb >= 2
+refuses a second ``lmdb.open`` of the same environment) and again in each forked DataLoader worker.
+"""
+import os
+import os.path as osp
+import re
+import shutil
+
+import cv2
+import numpy as np
+
+from irtoolkit.compat import open_lmdb
+
+__all__ = ['LmdbRecordError', 'encode_png', 'decode_image', 'write_lmdb', 'read_meta_info', 'LmdbImageReader',
+           'verify_lmdb']
+
+_KEY_RE = re.compile(r'^[\x21-\x7e]+$')  # printable ASCII without spaces: meta_info.txt is space-separated
+_META_RE = re.compile(r'^(\S+)\.png \((\d+),(\d+),(\d+)\) (\d+)$')
+
+
+class LmdbRecordError(KeyError):
+    """A missing key or an undecodable record; the message names the dataset, the key and the database."""
+
+    def __str__(self):  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ''
+
+
+def encode_png(img, compress_level=1):
+    """PNG bytes of a uint8/uint16 image (BGR or gray), as stored in the LMDB."""
+    ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)])
+    if not ok:
+        raise ValueError(f'OpenCV could not encode a {img.dtype} {img.shape} image as PNG')
+    return buf.tobytes()
+
+
+def decode_image(buf):
+    """Decode stored bytes to the array OpenCV gives (BGR, uint8/uint16, channels unchanged); None if invalid."""
+    if not buf:
+        return None
+    return cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def _shape3(img):
+    return (img.shape[0], img.shape[1], 1 if img.ndim == 2 else img.shape[2])
+
+
+def _forget_env(path):
+    # open_lmdb caches one environment per (pid, path); a database rebuilt with --force in the same process
+    # must not be read through the stale environment of the deleted files.
+    from irtoolkit import compat
+    with compat._LMDB_LOCK:
+        env = compat._LMDB_ENVS.pop((os.getpid(), path), None)
+    if env is not None:
+        env.close()
+
+
+def write_lmdb(path, records, compress_level=1, force=False, progress=None, commit_every=256):
+    """Write ``records`` (an iterable of ``(key, image_array)`` or ``(key, png_bytes, shape)``) to ``path``.
+
+    The database is built in ``<path>.partial`` and renamed at the end, so an interrupted run never leaves a
+    half-written database under the final name. Refuses an existing ``path`` unless ``force``. ``progress`` is
+    an optional callable called once per record. Returns the number of records.
+    """
+    import lmdb
+    path = osp.abspath(os.fspath(path)).rstrip('/')
+    if not path.endswith('.lmdb'):
+        raise ValueError(f'LMDB path must end with .lmdb: {path}')
+    if osp.exists(path):
+        if not force:
+            raise FileExistsError(f'{path} already exists; pass --force (force=True) to overwrite it')
+        _forget_env(path)
+        shutil.rmtree(path)
+    tmp = path + '.partial'
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    map_size = 1 << 30
+    env = lmdb.open(tmp, map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
+    meta, seen, batch = [], set(), []
+
+    def flush():
+        nonlocal map_size
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    for k, v in batch:
+                        txn.put(k, v)
+                break
+            except lmdb.MapFullError:  # databases of unknown size: grow the map and redo the batch
+                map_size *= 2
+                env.set_mapsize(map_size)
+        batch.clear()
+
+    try:
+        for rec in records:
+            if len(rec) == 2:
+                key, img = rec
+                buf, shape = encode_png(img, compress_level), _shape3(img)
+            else:
+                key, buf, shape = rec
+            if not _KEY_RE.match(key) or key in seen:
+                raise ValueError(f'{path}: key {key!r} is ' + ('a duplicate' if key in seen else
+                                                               'not printable ASCII without spaces'))
+            seen.add(key)
+            batch.append((key.encode('ascii'), buf))
+            meta.append(f'{key}.png ({shape[0]},{shape[1]},{shape[2]}) {compress_level}\n')
+            if len(batch) >= commit_every:
+                flush()
+            if progress is not None:
+                progress()
+        flush()
+    finally:
+        env.close()
+    with open(osp.join(tmp, 'meta_info.txt'), 'w') as f:
+        f.writelines(meta)
+    os.replace(tmp, path)
+    return len(meta)
+
+
+def read_meta_info(path):
+    """``[(key, (h, w, c)), ...]`` from ``<path>/meta_info.txt`` in file order."""
+    meta = osp.join(path, 'meta_info.txt')
+    if not osp.isfile(meta):
+        raise FileNotFoundError(f'{meta} not found (every irtoolkit/basicsr LMDB has one; rebuild with '
+                                'tools/create_lmdb.py)')
+    out = []
+    with open(meta) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            m = _META_RE.match(line.strip())
+            if m is None:
+                raise ValueError(f'{meta}:{n}: expected "<key>.png (h,w,c) <level>", got {line.strip()!r}')
+            out.append((m.group(1), tuple(int(m.group(i)) for i in (2, 3, 4))))
+    return out
+
+
+class LmdbImageReader:
+    """Keys and decoded images of one LMDB; errors name ``dataset``, the key and the database path."""
+
+    def __init__(self, path, dataset='dataset'):
+        self.path = osp.abspath(os.fspath(path)).rstrip('/')
+        self.dataset = dataset
+        open_lmdb(self.path)  # fail now, with the path, if it is not a database
+        self.meta = dict(read_meta_info(self.path))
+        self.keys = list(self.meta)
+
+    def get_bytes(self, key):
+        with open_lmdb(self.path).begin(write=False) as txn:
+            buf = txn.get(key.encode('ascii'))
+        if buf is None:
+            raise LmdbRecordError(f'{self.dataset}: key {key!r} not found in LMDB {self.path}')
+        return buf
+
+    def read_raw(self, key):
+        """The stored image as OpenCV decodes it (BGR, uint8/uint16, channels unchanged)."""
+        buf = self.get_bytes(key)
+        img = decode_image(buf)
+        if img is None:
+            raise LmdbRecordError(f'{self.dataset}: record {key!r} in LMDB {self.path} is corrupt '
+                                  f'({len(buf)} bytes do not decode as an image)')
+        return img
+
+    def __len__(self):
+        return len(self.keys)
+
+
+def verify_lmdb(path, expected=None, max_report=20):
+    """Check every record of ``path`` decodes and matches ``meta_info.txt``; return a list of problems.
+
+    ``expected`` (optional) maps key -> source image array or callable returning it; then the key sets must be
+    equal and every decoded record must equal its source pixel for pixel (PNG is lossless).
+    """
+    import lmdb
+    path = osp.abspath(os.fspath(path)).rstrip('/')
+    problems = []
+    try:
+        meta = read_meta_info(path)
+    except (FileNotFoundError, ValueError) as e:
+        return [str(e)]
+    reader = LmdbImageReader(path, dataset=osp.basename(path))
+    with open_lmdb(path).begin(write=False) as txn:
+        stored = {k.decode('ascii', 'replace') for k, _ in txn.cursor()}
+    keys = [k for k, _ in meta]
+    if set(keys) != stored or len(keys) != len(stored):
+        extra, missing = sorted(stored - set(keys)), sorted(set(keys) - stored)
+        problems.append(f'{path}: {len(stored)} records but {len(keys)} meta_info lines '
+                        f'(not in meta_info: {extra[:max_report]}; missing records: {missing[:max_report]})')
+    if expected is not None and set(expected) != set(keys):
+        problems.append(f'{path}: {len(keys)} keys but the source has {len(expected)} '
+                        f'(only in LMDB: {sorted(set(keys) - set(expected))[:max_report]}; '
+                        f'only in source: {sorted(set(expected) - set(keys))[:max_report]})')
+    for key, shape in meta:
+        if key not in stored:
+            continue
+        try:
+            img = reader.read_raw(key)
+        except (LmdbRecordError, lmdb.Error, cv2.error) as e:
+            problems.append(str(e))
+            continue
+        if _shape3(img) != shape:
+            problems.append(f'{path}: record {key!r} decodes to {_shape3(img)} but meta_info says {shape}')
+        elif expected is not None and key in expected:
+            src = expected[key]
+            src = src() if callable(src) else src
+            if src.shape != img.shape or src.dtype != img.dtype or not np.array_equal(src, img):
+                problems.append(f'{path}: record {key!r} differs from its source image')
+        if len(problems) >= max_report:
+            problems.append(f'{path}: stopped after {max_report} problems')
+            break
+    return problems
