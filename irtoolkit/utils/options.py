@@ -7,6 +7,7 @@ so the runner knows nothing about any method.
 import os
 import os.path as osp
 import re
+import shutil
 import time
 from copy import deepcopy
 
@@ -244,9 +245,12 @@ def dict2str(opt, indent=1):
 
 
 def copy_options(opt, dest_dir):
-    """Write the fully-resolved options into the experiment folder (``<name>_options.yml``) with a timestamp."""
+    """Copy the recipe and write the fully-resolved options into the experiment folder (timestamped)."""
     os.makedirs(dest_dir, exist_ok=True)
-    out = osp.join(dest_dir, f'options_{time.strftime("%Y%m%d_%H%M%S")}.yml')
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    if opt.get('opt_path') and osp.isfile(opt['opt_path']):  # the recipe as written, next to the resolved one
+        shutil.copyfile(opt['opt_path'], osp.join(dest_dir, f'{stamp}_{osp.basename(opt["opt_path"])}'))
+    out = osp.join(dest_dir, f'options_{stamp}_resolved.yml')
     with open(out, 'w', encoding='utf-8') as f:
         f.write(f'# resolved from {opt.get("opt_path")}\n')
         yaml.safe_dump(_plain(opt), f, sort_keys=False)
