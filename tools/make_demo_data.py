@@ -1,6 +1,6 @@
 """Build the built-in demo dataset (haze, rain, noise, blur) from photos bundled with installed packages.
 
-    python tools/make_demo_data.py [--root datasets/demo] [--seed 0] [--force]
+    python tools/make_demo_data.py [--root datasets/demo] [--seed 0] [--force] [--montage PNG]
 
 Offline and in well under a minute. Layout and recipe: irtoolkit/data/demo.py and datasets/README.md.
 An existing build with the same recipe is kept (``--force`` rebuilds).
@@ -11,7 +11,7 @@ import sys
 import time
 
 sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
-from irtoolkit.data.demo import DEMO_DEGRADATIONS, build_demo  # noqa: E402
+from irtoolkit.data.demo import DEMO_DEGRADATIONS, build_demo, save_montage  # noqa: E402
 
 
 def main():
@@ -24,6 +24,7 @@ def main():
     p.add_argument('--degradations', nargs='+', choices=list(DEMO_DEGRADATIONS), default=list(DEMO_DEGRADATIONS))
     p.add_argument('--compress-level', type=int, default=3, choices=range(10), metavar='0-9')
     p.add_argument('--workers', type=int, default=None, help='parallel processes (default: one per CPU)')
+    p.add_argument('--montage', metavar='PNG', help='also save a montage of the validation pairs (clean | degs)')
     p.add_argument('--force', action='store_true', help='rebuild even if the same recipe is already built')
     args = p.parse_args()
     t0 = time.time()
@@ -33,6 +34,8 @@ def main():
     sizes = manifest['sizes_bytes']
     for deg, n in sizes.items():
         print(f'{args.root}/{deg}: {n / 2 ** 20:.1f} MiB')
+    if args.montage:
+        print(f'montage: {save_montage(args.root, args.montage)}')
     print(f'demo data in {args.root}: {sum(sizes.values()) / 2 ** 20:.1f} MiB, {time.time() - t0:.1f} s')
 
 

@@ -30,13 +30,14 @@ MAX_SIDE = 640  # large photos (retina 1411 px) are downscaled so that a 128 px 
 
 # Option-style specs (irtoolkit.data.degradations); haze uses a depth proxy of the whole photo (see _degrade).
 DEMO_DEGRADATIONS = {
-    'haze': [{'type': 'haze', 'beta': [0.6, 1.8], 'airlight': [0.7, 1.0]}],
-    'rain': [{'type': 'rain', 'density': [0.002, 0.008], 'length': [10, 30], 'angle': [-25, 25]}],
+    'haze': [{'type': 'haze', 'beta': [0.5, 1.5], 'airlight': [0.7, 1.0]}],
+    'rain': [{'type': 'rain', 'density': [0.002, 0.008], 'length': [10, 30], 'angle': [-25, 25], 'width': [0.4, 1.0],
+              'intensity': [0.4, 0.8]}],
     'noise': [{'type': 'gaussian_noise', 'sigma': [15, 50]}],
     'blur': [{'type': 'one_of', 'weights': [0.7, 0.3],
               'choices': [{'type': 'motion_blur', 'length': [5, 15]}, {'type': 'defocus_blur', 'radius': [1.5, 3.5]}]}],
 }
-_VERSION = 1  # bump when the recipe changes, so an old build is not taken as up to date
+_VERSION = 2  # bump when the recipe changes, so an old build is not taken as up to date
 
 
 def load_photo(name):
@@ -198,3 +199,29 @@ def build_demo(root='datasets/demo', seed=0, n_train=128, n_unpaired=64, n_val=8
         json.dump(manifest, f, indent=1)
     os.replace(manifest_path + '.tmp', manifest_path)
     return manifest
+
+
+def save_montage(root, path, keys=('rocket_01', 'grace_hopper_00'), tile=160):
+    """PNG grid of the validation pairs: one row per key, columns clean | haze | rain | noise | blur.
+
+    Tiles are centre crops at full resolution (downscaling would hide noise and blur).
+    """
+    degs = [d for d in DEMO_DEGRADATIONS if osp.isdir(osp.join(root, d, 'val'))]
+    if not degs:
+        raise FileNotFoundError(f'{root}: no demo data; run python tools/make_demo_data.py first')
+    rows = []
+    for key in keys:
+        tiles = [cv2.imread(osp.join(root, degs[0], 'val', 'gt', key + '.png'))]
+        tiles += [cv2.imread(osp.join(root, d, 'val', 'lq', key + '.png')) for d in degs]
+        if any(t is None for t in tiles):
+            raise FileNotFoundError(f'{root}: validation image {key}.png missing in one of {degs}')
+        h, w = tiles[0].shape[:2]
+        y, x = (h - tile) // 2, (w - tile) // 2
+        rows.append(np.concatenate([t[y:y + tile, x:x + tile] for t in tiles], axis=1))
+    grid = np.concatenate(rows, axis=0)
+    for i, label in enumerate(['clean'] + degs):
+        cv2.putText(grid, label, (i * tile + 5, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(grid, label, (i * tile + 5, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    cv2.imwrite(path, grid, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    return path

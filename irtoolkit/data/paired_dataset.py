@@ -1,0 +1,66 @@
+"""Paired LQ/GT dataset for supervised restoration, from image folders or LMDBs.
+
+Options (``datasets.<phase>``): ``dataroot_lq``, ``dataroot_gt``, ``io_backend: {type: disk | lmdb}``,
+``filename_tmpl`` (LQ name from GT name, default ``'{}'``), ``gt_size`` (train crop), ``use_hflip``,
+``use_rot``, ``scale`` (GT / LQ size ratio, default 1).
+
+Pairs are matched by name (never by sorted position): a name on one side only is an error that lists every
+unmatched name. Training crops the same region of both images and flips/rotates them together; validation
+returns whole images. Items: ``lq`` (3, h, w) and ``gt`` (3, H, W) float RGB in [0, 1], ``lq_path``, ``gt_path``
+(file paths, or LMDB keys).
+"""
+from torch.utils.data import Dataset
+
+from irtoolkit.data.sources import open_source, pair_keys
+from irtoolkit.data.transforms import augment, paired_random_crop, to_tensor
+from irtoolkit.utils.registry import DATASET_REGISTRY
+
+
+class PairedSets:
+    """LQ and GT sources with their name pairs; shared by the paired and multi-degradation datasets."""
+
+    def __init__(self, dataroot_lq, dataroot_gt, io_backend=None, filename_tmpl='{}', name='dataset'):
+        self.name = name
+        self.gt = open_source(dataroot_gt, io_backend, f'{name} (GT)')
+        self.lq = open_source(dataroot_lq, io_backend, f'{name} (LQ)')
+        self.pairs = pair_keys(self.gt.keys, self.lq.keys, filename_tmpl or '{}', name)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def load(self, index, train, gt_size=None, scale=1, hflip=False, rot=False):
+        gt_key, lq_key = self.pairs[index]
+        gt, lq = self.gt.read(gt_key), self.lq.read(lq_key)
+        where = f'{self.name}: pair {gt_key!r} / {lq_key!r}'
+        if train:
+            if not gt_size:
+                raise ValueError(f'{self.name}: training needs gt_size (the crop size)')
+            gt, lq = paired_random_crop(gt, lq, gt_size, scale, where)
+            gt, lq = augment([gt, lq], hflip, rot)
+        elif gt.shape[0] != lq.shape[0] * scale or gt.shape[1] != lq.shape[1] * scale:
+            raise ValueError(f'{where}: GT is {gt.shape[:2]} but LQ is {lq.shape[:2]} (scale {scale})')
+        return {'lq': to_tensor(lq), 'gt': to_tensor(gt), 'lq_path': self.lq.path_of(lq_key),
+                'gt_path': self.gt.path_of(gt_key)}
+
+
+@DATASET_REGISTRY.register()
+class PairedRestorationDataset(Dataset):
+    """Paired restoration data (denoise, derain, dehaze, deblur, SR with ``scale``); see the module doc."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.name = opt.get('name', 'PairedRestorationDataset')
+        for k in ('dataroot_lq', 'dataroot_gt'):
+            if not opt.get(k):
+                raise ValueError(f'{self.name}: option {k} is missing')
+        self.sets = PairedSets(opt['dataroot_lq'], opt['dataroot_gt'], opt.get('io_backend'),
+                               opt.get('filename_tmpl', '{}'), self.name)
+        self.train = opt.get('phase', 'train') == 'train'
+
+    def __len__(self):
+        return len(self.sets)
+
+    def __getitem__(self, index):
+        o = self.opt
+        return self.sets.load(index, self.train, o.get('gt_size'), int(o.get('scale') or 1), o.get('use_hflip', False),
+                              o.get('use_rot', False))

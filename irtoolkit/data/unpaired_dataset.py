@@ -1,0 +1,51 @@
+"""Unpaired degraded / clean images (CycleGAN-style "unaligned" data for CDD-GAN and NLCL training).
+
+Options: ``dataroot_lq`` (degraded), ``dataroot_gt`` (clean), ``io_backend``, ``gt_size`` (crop of each side),
+``use_hflip``, ``use_rot``. The two sets are independent: their sizes and names may differ. In training the
+``i``-th item takes LQ ``i mod N_lq`` and a uniformly random GT, each with its own crop and flip (as the
+unaligned datasets of CUT/NLCL do); in validation GT ``i mod N_gt`` is used so that runs are reproducible.
+Length: ``max(N_lq, N_gt)``. Items: ``lq``, ``gt`` (3, S, S) float RGB in [0, 1], ``lq_path``, ``gt_path``.
+"""
+import numpy as np
+from torch.utils.data import Dataset
+
+from irtoolkit.data.sources import open_source
+from irtoolkit.data.transforms import augment, random_crop, to_tensor
+from irtoolkit.utils.registry import DATASET_REGISTRY
+
+
+@DATASET_REGISTRY.register()
+class UnpairedImageDataset(Dataset):
+    """Independent degraded and clean image sets; see the module doc."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.name = opt.get('name', 'UnpairedImageDataset')
+        for k in ('dataroot_lq', 'dataroot_gt'):
+            if not opt.get(k):
+                raise ValueError(f'{self.name}: option {k} is missing')
+        self.lq = open_source(opt['dataroot_lq'], opt.get('io_backend'), f'{self.name} (LQ)')
+        self.gt = open_source(opt['dataroot_gt'], opt.get('io_backend'), f'{self.name} (GT)')
+        for src in (self.lq, self.gt):
+            if not len(src):
+                raise ValueError(f'{src.dataset}: no images in {src.root}')
+        self.train = opt.get('phase', 'train') == 'train'
+        if self.train and not opt.get('gt_size'):
+            raise ValueError(f'{self.name}: training needs gt_size (the crop size)')
+
+    def __len__(self):
+        return max(len(self.lq), len(self.gt))
+
+    def _one(self, src, key):
+        img = src.read(key)
+        if self.train:
+            img = random_crop(img, self.opt['gt_size'], f'{src.dataset}: {key!r}')
+            img = augment([img], self.opt.get('use_hflip', False), self.opt.get('use_rot', False))[0]
+        return to_tensor(img), src.path_of(key)
+
+    def __getitem__(self, index):
+        lq_key = self.lq.keys[index % len(self.lq)]
+        gt_idx = np.random.randint(len(self.gt)) if self.train else index % len(self.gt)
+        lq, lq_path = self._one(self.lq, lq_key)
+        gt, gt_path = self._one(self.gt, self.gt.keys[gt_idx])
+        return {'lq': lq, 'gt': gt, 'lq_path': lq_path, 'gt_path': gt_path}
