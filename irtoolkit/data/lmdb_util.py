@@ -18,7 +18,7 @@ import numpy as np
 from irtoolkit.compat import open_lmdb
 
 __all__ = ['LmdbRecordError', 'encode_png', 'decode_image', 'write_lmdb', 'read_meta_info', 'LmdbImageReader',
-           'verify_lmdb']
+           'verify_lmdb', 'files_to_lmdb', 'verify_against_files']
 
 _KEY_RE = re.compile(r'^[\x21-\x7e]+$')  # printable ASCII without spaces: meta_info.txt is space-separated
 _META_RE = re.compile(r'^(\S+)\.png \((\d+),(\d+),(\d+)\) (\d+)$')
@@ -48,6 +48,30 @@ def decode_image(buf):
 
 def _shape3(img):
     return (img.shape[0], img.shape[1], 1 if img.ndim == 2 else img.shape[2])
+
+
+def _close_inherited_envs():
+    """After ``fork``: close the parent's cached environments in the child (never in the parent).
+
+    ``compat.open_lmdb`` keys its cache by pid, so a forked DataLoader worker opens its own environment, but
+    py-lmdb >= 2 remembers open environments by file identity in a process-wide set that the child inherits:
+    the child's ``lmdb.open`` then fails with "already open in this process" whenever the parent had opened
+    the same database (a dataset opens it in ``__init__`` to fail early). LMDB forbids using an environment
+    across fork anyway, so the child closes its copies (its own mappings and descriptors only; the parent is
+    unaffected) and opens fresh ones on first use. Runs single-threaded, right after fork.
+    """
+    from irtoolkit import compat
+    pid = os.getpid()
+    for key in [k for k in compat._LMDB_ENVS if k[0] != pid]:
+        env = compat._LMDB_ENVS.pop(key)
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 -- a copy that cannot close must not kill the worker; lmdb.open says
+            pass
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_close_inherited_envs)
 
 
 def _forget_env(path):
@@ -214,3 +238,40 @@ def verify_lmdb(path, expected=None, max_report=20):
             problems.append(f'{path}: stopped after {max_report} problems')
             break
     return problems
+
+
+def _read_encode(path, compress_level):
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f'cannot read image {path}')
+    return encode_png(img, compress_level), _shape3(img)
+
+
+def files_to_lmdb(files, out, compress_level=1, workers=4, force=False, desc=None, progress=True):
+    """Write ``files`` (``[(key, image_path), ...]``) to the LMDB ``out``, reading and PNG-encoding in
+    ``workers`` threads (OpenCV releases the GIL) while the main thread writes in order. Returns the count."""
+    from concurrent.futures import ThreadPoolExecutor
+    from tqdm import tqdm
+    out = osp.abspath(os.fspath(out)).rstrip('/')
+    if osp.exists(out) and not force:  # before reading anything
+        raise FileExistsError(f'{out} already exists; pass --force (force=True) to overwrite it')
+    bar = tqdm(total=len(files), desc=desc or osp.basename(out), unit='img', disable=not progress, leave=False)
+    chunk = max(1, workers) * 32  # bounded read-ahead: memory stays small on sets of millions of images
+
+    def records(pool):
+        for start in range(0, len(files), chunk):
+            part = files[start:start + chunk]
+            for (key, _), (buf, shape) in zip(part, pool.map(lambda kp: _read_encode(kp[1], compress_level), part)):
+                yield key, buf, shape
+
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            return write_lmdb(out, records(pool), compress_level, force, progress=bar.update)
+    finally:
+        bar.close()
+
+
+def verify_against_files(out, files, max_report=20):
+    """:func:`verify_lmdb` of ``out`` against its source ``[(key, image_path), ...]`` (keys, shapes, pixels)."""
+    expected = {key: (lambda p=path: cv2.imread(p, cv2.IMREAD_UNCHANGED)) for key, path in files}
+    return verify_lmdb(out, expected, max_report)

@@ -46,7 +46,7 @@ class MultiDegradationDataset(Dataset):
             self.label_names.append(s['name'])
             self.sets.append(PairedSets(s['dataroot_lq'], s['dataroot_gt'], s.get('io_backend', opt.get('io_backend')),
                                         s.get('filename_tmpl', opt.get('filename_tmpl', '{}')),
-                                        f'{self.name}/{s["name"]}'))
+                                        f'{self.name}/{s["name"]}', s.get('gt_name_sub')))
         self.offsets = np.cumsum([0] + [len(s) for s in self.sets])
         self.labels = np.repeat(np.arange(len(self.sets)), [len(s) for s in self.sets])
         self.train = opt.get('phase', 'train') == 'train'

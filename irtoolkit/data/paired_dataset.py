@@ -2,7 +2,8 @@
 
 Options (``datasets.<phase>``): ``dataroot_lq``, ``dataroot_gt``, ``io_backend: {type: disk | lmdb}``,
 ``filename_tmpl`` (LQ name from GT name, default ``'{}'``), ``gt_size`` (train crop), ``use_hflip``,
-``use_rot``, ``scale`` (GT / LQ size ratio, default 1).
+``use_rot``, ``scale`` (GT / LQ size ratio, default 1), ``gt_name_sub: [pattern, replacement]`` (many LQ per
+GT: GT name = ``re.sub(pattern, replacement, lq_name)``, e.g. ``['_.*$', '']`` for RESIDE).
 
 Pairs are matched by name (never by sorted position): a name on one side only is an error that lists every
 unmatched name. Training crops the same region of both images and flips/rotates them together; validation
@@ -19,11 +20,11 @@ from irtoolkit.utils.registry import DATASET_REGISTRY
 class PairedSets:
     """LQ and GT sources with their name pairs; shared by the paired and multi-degradation datasets."""
 
-    def __init__(self, dataroot_lq, dataroot_gt, io_backend=None, filename_tmpl='{}', name='dataset'):
+    def __init__(self, dataroot_lq, dataroot_gt, io_backend=None, filename_tmpl='{}', name='dataset', gt_name_sub=None):
         self.name = name
         self.gt = open_source(dataroot_gt, io_backend, f'{name} (GT)')
         self.lq = open_source(dataroot_lq, io_backend, f'{name} (LQ)')
-        self.pairs = pair_keys(self.gt.keys, self.lq.keys, filename_tmpl or '{}', name)
+        self.pairs = pair_keys(self.gt.keys, self.lq.keys, filename_tmpl or '{}', name, gt_name_sub)
 
     def __len__(self):
         return len(self.pairs)
@@ -54,7 +55,7 @@ class PairedRestorationDataset(Dataset):
             if not opt.get(k):
                 raise ValueError(f'{self.name}: option {k} is missing')
         self.sets = PairedSets(opt['dataroot_lq'], opt['dataroot_gt'], opt.get('io_backend'),
-                               opt.get('filename_tmpl', '{}'), self.name)
+                               opt.get('filename_tmpl', '{}'), self.name, opt.get('gt_name_sub'))
         self.train = opt.get('phase', 'train') == 'train'
 
     def __len__(self):

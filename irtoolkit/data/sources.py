@@ -6,6 +6,7 @@ every unmatched name when the sets differ.
 """
 import os
 import os.path as osp
+import re
 
 import cv2
 import numpy as np
@@ -115,11 +116,28 @@ def _name_list(names, limit=30):
     return ', '.join(names[:limit]) + (f', ... ({len(names) - limit} more)' if len(names) > limit else '')
 
 
-def pair_keys(gt_keys, lq_keys, filename_tmpl='{}', where='dataset'):
-    """``[(gt_key, lq_key), ...]`` sorted by GT key, LQ name = ``filename_tmpl.format(gt_key)``.
+def pair_keys(gt_keys, lq_keys, filename_tmpl='{}', where='dataset', gt_name_sub=None):
+    """``[(gt_key, lq_key), ...]`` matched by name, sorted; raises :class:`PairingError` listing every unmatched name.
 
-    Raises :class:`PairingError` listing every GT without an LQ and every LQ without a GT.
+    One-to-one (default): LQ name = ``filename_tmpl.format(gt_name)``; a GT without LQ and an LQ without GT are
+    both errors. Many-to-one (``gt_name_sub = [pattern, replacement]``): GT name = ``re.sub(pattern,
+    replacement, lq_name)``, e.g. ``['_.*$', '']`` pairs RESIDE's hazy ``0001_0.8_0.2`` with clear ``0001``;
+    every LQ needs its GT, a GT may serve several LQs (GT images without any LQ are left out).
     """
+    if gt_name_sub is not None:
+        if not isinstance(gt_name_sub, (list, tuple)) or len(gt_name_sub) != 2:
+            raise ValueError(f'{where}: gt_name_sub must be [pattern, replacement], got {gt_name_sub!r}')
+        try:
+            rx = re.compile(gt_name_sub[0])
+        except re.error as e:
+            raise ValueError(f'{where}: gt_name_sub pattern {gt_name_sub[0]!r} is not a regular expression: {e}')
+        gt_set = set(gt_keys)
+        pairs = [(rx.sub(gt_name_sub[1], lq), lq) for lq in sorted(lq_keys)]
+        no_gt = [f'{lq} (-> {g})' for g, lq in pairs if g not in gt_set]
+        if no_gt:
+            raise PairingError(f'{where}: LQ and GT names do not match (gt_name_sub {list(gt_name_sub)!r}); '
+                               f'{len(no_gt)} LQ without GT: {_name_list(no_gt)}')
+        return sorted(pairs)
     lq_set = set(lq_keys)
     pairs = [(g, filename_tmpl.format(g)) for g in sorted(gt_keys)]
     no_lq = [g for g, lq in pairs if lq not in lq_set]

@@ -1,0 +1,126 @@
+"""Image folders -> LMDB in BasicSR's layout (data.mdb + meta_info.txt), readable by irtoolkit and basicsr.
+
+    # paired: LQ and GT matched by name; both databases get the GT names as keys
+    python tools/create_lmdb.py paired --lq DIR --gt DIR --out-lq X_lq.lmdb --out-gt X_gt.lmdb [--verify]
+        [--filename-tmpl '{}x4']            LQ name from GT name (one LQ per GT)
+        [--gt-name-sub '_.*$' '']           GT name from LQ name by regex (many LQ per GT, e.g. RESIDE);
+                                            then the LQ database keeps the LQ names and the GT one the GT names
+    # unpaired: two independent sets
+    python tools/create_lmdb.py unpaired --lq DIR --gt DIR --out-lq X_lq.lmdb --out-gt X_gt.lmdb
+    # single folder (clean images for on-the-fly degradation, test sets)
+    python tools/create_lmdb.py single --src DIR --out X.lmdb
+    # check an existing database (every key decodes, shapes match meta_info; with --src: keys and pixels too)
+    python tools/create_lmdb.py verify X.lmdb [--src DIR]
+
+Common options: --workers N (parallel reading, default 4), --compress-level 0-9 (PNG, default 1),
+--force (overwrite an existing database), --verify (after writing, compare every record with its source).
+Exit status: 0 ok, 1 verification failed, 2 bad input (unmatched names, missing folder, existing database).
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+
+_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _ROOT not in sys.path:  # run as a script from anywhere; importable from tests without touching sys.path[0]
+    sys.path.insert(0, _ROOT)
+from irtoolkit.data.lmdb_util import files_to_lmdb, verify_against_files, verify_lmdb  # noqa: E402
+from irtoolkit.data.sources import PairingError, pair_keys, scan_images  # noqa: E402
+
+
+def _write(files, out, args, what):
+    t0 = time.time()
+    n = files_to_lmdb(files, out, args.compress_level, args.workers, args.force, desc=what)
+    print(f'{what}: wrote {n} images to {out} in {time.time() - t0:.1f} s')
+    if args.verify:
+        problems = verify_against_files(out, files)
+        for p in problems:
+            print(f'VERIFY FAILED: {p}', file=sys.stderr)
+        if problems:
+            return False
+        print(f'{what}: verified {n} records (keys, shapes, pixels) against {len(files)} source images')
+    return True
+
+
+def _check_targets(args, outs):
+    for out in outs:
+        if osp.exists(out) and not args.force:
+            raise FileExistsError(f'{out} already exists; pass --force to overwrite it')
+        if not out.rstrip('/').endswith('.lmdb'):
+            raise ValueError(f'output must end with .lmdb: {out}')
+
+
+def run(args):
+    if args.cmd == 'verify':
+        expected = None
+        if args.src:
+            expected = sorted(scan_images(args.src, 'verify --src').items())
+            problems = verify_against_files(args.db, expected)
+        else:
+            problems = verify_lmdb(args.db)
+        for p in problems:
+            print(f'VERIFY FAILED: {p}', file=sys.stderr)
+        if not problems:
+            print(f'{args.db}: OK (every record decodes{", matches " + args.src if args.src else ""})')
+        return 1 if problems else 0
+    if args.cmd == 'single':
+        _check_targets(args, [args.out])
+        files = sorted(scan_images(args.src, '--src').items())
+        return 0 if _write(files, args.out, args, 'single') else 1
+    _check_targets(args, [args.out_lq, args.out_gt])
+    lq, gt = scan_images(args.lq, '--lq'), scan_images(args.gt, '--gt')
+    if args.cmd == 'unpaired':
+        ok = _write(sorted(lq.items()), args.out_lq, args, 'lq') and _write(sorted(gt.items()), args.out_gt, args, 'gt')
+        return 0 if ok else 1
+    pairs = pair_keys(gt, lq, args.filename_tmpl, 'paired', args.gt_name_sub)  # PairingError lists every name
+    if args.gt_name_sub:  # many-to-one: keep each name once on each side; the dataset pairs with gt_name_sub
+        lq_files = [(k, lq[k]) for _, k in pairs]
+        gt_files = [(k, gt[k]) for k in sorted({g for g, _ in pairs})]
+    else:  # one-to-one: both databases under the GT names, so basicsr's paired_paths_from_lmdb pairs them too
+        lq_files = [(g, lq[k]) for g, k in pairs]
+        gt_files = [(g, gt[g]) for g, _ in pairs]
+    print(f'paired: {len(pairs)} pairs ({len(lq_files)} LQ, {len(gt_files)} GT images)')
+    ok = _write(lq_files, args.out_lq, args, 'lq') and _write(gt_files, args.out_gt, args, 'gt')
+    return 0 if ok else 1
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='cmd', required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument('--workers', type=int, default=4, help='reading/encoding threads (default 4)')
+    common.add_argument('--compress-level', type=int, default=1, choices=range(10), metavar='0-9',
+                        help='PNG compression level (default 1, as basicsr)')
+    common.add_argument('--force', action='store_true', help='overwrite existing databases')
+    common.add_argument('--verify', action='store_true', help='after writing, check every record against its source')
+    for name in ('paired', 'unpaired'):
+        s = sub.add_parser(name, parents=[common])
+        s.add_argument('--lq', required=True, help='folder of degraded images')
+        s.add_argument('--gt', required=True, help='folder of clean images')
+        s.add_argument('--out-lq', required=True)
+        s.add_argument('--out-gt', required=True)
+        if name == 'paired':
+            g = s.add_mutually_exclusive_group()
+            g.add_argument('--filename-tmpl', default='{}', help="LQ name from GT name, e.g. '{}_x4' (default '{}')")
+            g.add_argument('--gt-name-sub', nargs=2, metavar=('PATTERN', 'REPL'),
+                           help="GT name = re.sub(PATTERN, REPL, LQ name), e.g. '_.*$' '' for RESIDE")
+    s = sub.add_parser('single', parents=[common])
+    s.add_argument('--src', required=True)
+    s.add_argument('--out', required=True)
+    s = sub.add_parser('verify')
+    s.add_argument('db')
+    s.add_argument('--src', help='source folder: also compare keys and pixels')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    try:
+        return run(args)
+    except (PairingError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
