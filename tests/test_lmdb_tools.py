@@ -166,3 +166,26 @@ def test_unpaired_lmdbs_keep_their_own_names(tiny_data, tmp_path):
     assert create_lmdb.main(['unpaired', '--lq', osp.join(tiny_data, 'train', 'lq'), '--gt',
                              osp.join(tiny_data, 'val', 'gt'), '--out-lq', out_lq, '--out-gt', out_gt]) == 0
     assert len(read_meta_info(out_lq)) == 8 and len(read_meta_info(out_gt)) == 2
+
+
+def test_sub_images_and_pair_list(tiny_data, tmp_path):
+    lq_dir, gt_dir = osp.join(tiny_data, 'train', 'lq'), osp.join(tiny_data, 'train', 'gt')
+    out_lq, out_gt = str(tmp_path / 's_lq.lmdb'), str(tmp_path / 's_gt.lmdb')
+    assert create_lmdb.main(['paired', '--lq', lq_dir, '--gt', gt_dir, '--out-lq', out_lq, '--out-gt', out_gt,
+                             '--tile', '40', '--step', '20', '--verify']) == 0
+    meta = read_meta_info(out_gt)  # 64 px: corners at 0, 20 and 24 (flush with the border) -> 9 per image
+    assert len(meta) == 8 * 9 and meta[2] == ('0000_s002', (40, 40, 3))
+    ds = _paired(None, out_lq, out_gt)
+    full = cv2.cvtColor(cv2.imread(osp.join(gt_dir, '0000.png')), cv2.COLOR_BGR2RGB)
+    assert torch.equal(ds[2]['gt'], torch.from_numpy(full[0:40, 24:64].transpose(2, 0, 1) / 255).float())
+    assert create_lmdb.main(['verify', out_gt, '--src', gt_dir, '--tile', '40', '--step', '20']) == 0
+    # a list file of "GT LQ" lines, relative paths, one missing file reported with its line
+    lst = tmp_path / 'list.txt'
+    lst.write_text(''.join(f'train/gt/{i:04d}.png train/lq/{i:04d}.png\n' for i in range(3)))
+    out_lq2, out_gt2 = str(tmp_path / 'l_lq.lmdb'), str(tmp_path / 'l_gt.lmdb')
+    assert create_lmdb.main(['paired', '--list', str(lst), '--list-root', tiny_data, '--list-order', 'gt,lq',
+                             '--out-lq', out_lq2, '--out-gt', out_gt2, '--verify']) == 0
+    assert [k for k, _ in read_meta_info(out_gt2)] == ['train_lq_0000', 'train_lq_0001', 'train_lq_0002']
+    lst.write_text('train/gt/0000.png train/lq/0000.png\ntrain/gt/0001.png train/lq/9999.png\n')
+    assert create_lmdb.main(['paired', '--list', str(lst), '--list-root', tiny_data, '--out-lq',
+                             str(tmp_path / 'm_lq.lmdb'), '--out-gt', str(tmp_path / 'm_gt.lmdb')]) == 2

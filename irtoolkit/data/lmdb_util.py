@@ -18,7 +18,7 @@ import numpy as np
 from irtoolkit.compat import open_lmdb
 
 __all__ = ['LmdbRecordError', 'encode_png', 'decode_image', 'write_lmdb', 'read_meta_info', 'LmdbImageReader',
-           'verify_lmdb', 'files_to_lmdb', 'verify_against_files']
+           'verify_lmdb', 'files_to_lmdb', 'verify_against_files', 'tile_boxes']
 
 _KEY_RE = re.compile(r'^[\x21-\x7e]+$')  # printable ASCII without spaces: meta_info.txt is space-separated
 _META_RE = re.compile(r'^(\S+)\.png \((\d+),(\d+),(\d+)\) (\d+)$')
@@ -33,7 +33,10 @@ class LmdbRecordError(KeyError):
 
 def encode_png(img, compress_level=1):
     """PNG bytes of a uint8/uint16 image (BGR or gray), as stored in the LMDB."""
-    ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)])
+    # Z_RLE: on photos it gave smaller files and faster encoding and decoding than zlib's default strategy
+    # (384 px crop: 259 vs 282 KB, decode 6.4 vs 10.9 ms at level 1). Level 0 stores raw rows: ~4x faster decode.
+    ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level), cv2.IMWRITE_PNG_STRATEGY,
+                                         cv2.IMWRITE_PNG_STRATEGY_RLE])
     if not ok:
         raise ValueError(f'OpenCV could not encode a {img.dtype} {img.shape} image as PNG')
     return buf.tobytes()
@@ -240,16 +243,41 @@ def verify_lmdb(path, expected=None, max_report=20):
     return problems
 
 
-def _read_encode(path, compress_level):
+def tile_boxes(h, w, tile, step):
+    """Top-left corners of ``tile`` x ``tile`` sub-images every ``step`` px, the last row/column flush with the
+    border so that nothing is lost (BasicSR's sub-image extraction). One box covering all if the image is small."""
+    if not tile or (h <= tile and w <= tile):
+        return [(0, 0, h, w)]
+    step = step or tile
+    ys = list(range(0, max(h - tile, 0) + 1, step))
+    xs = list(range(0, max(w - tile, 0) + 1, step))
+    if ys[-1] != max(h - tile, 0):
+        ys.append(h - tile)
+    if xs[-1] != max(w - tile, 0):
+        xs.append(w - tile)
+    return [(y, x, min(tile, h), min(tile, w)) for y in ys for x in xs]
+
+
+def _read_encode(path, compress_level, tile=None, step=None):
+    """``[(key_suffix, png_bytes, shape), ...]`` of one image file: the image, or its sub-images ``_sNNN``."""
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f'cannot read image {path}')
-    return encode_png(img, compress_level), _shape3(img)
+    if not tile:
+        return [('', encode_png(img, compress_level), _shape3(img))]
+    out = []
+    for n, (y, x, th, tw) in enumerate(tile_boxes(img.shape[0], img.shape[1], tile, step)):
+        sub = np.ascontiguousarray(img[y:y + th, x:x + tw])
+        out.append((f'_s{n:03d}', encode_png(sub, compress_level), _shape3(sub)))
+    return out
 
 
-def files_to_lmdb(files, out, compress_level=1, workers=4, force=False, desc=None, progress=True):
+def files_to_lmdb(files, out, compress_level=1, workers=4, force=False, desc=None, progress=True, tile=None,
+                  step=None):
     """Write ``files`` (``[(key, image_path), ...]``) to the LMDB ``out``, reading and PNG-encoding in
-    ``workers`` threads (OpenCV releases the GIL) while the main thread writes in order. Returns the count."""
+    ``workers`` threads (OpenCV releases the GIL) while the main thread writes in order. With ``tile``, each
+    image is stored as ``tile`` px sub-images every ``step`` px under keys ``<key>_sNNN`` (large training
+    images: a crop then reads a small record instead of decoding a whole 2K frame). Returns the record count."""
     from concurrent.futures import ThreadPoolExecutor
     from tqdm import tqdm
     out = osp.abspath(os.fspath(out)).rstrip('/')
@@ -261,17 +289,41 @@ def files_to_lmdb(files, out, compress_level=1, workers=4, force=False, desc=Non
     def records(pool):
         for start in range(0, len(files), chunk):
             part = files[start:start + chunk]
-            for (key, _), (buf, shape) in zip(part, pool.map(lambda kp: _read_encode(kp[1], compress_level), part)):
-                yield key, buf, shape
+            for (key, _), recs in zip(part, pool.map(lambda kp: _read_encode(kp[1], compress_level, tile, step),
+                                                     part)):
+                for suffix, buf, shape in recs:
+                    yield key + suffix, buf, shape
+                bar.update()
 
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            return write_lmdb(out, records(pool), compress_level, force, progress=bar.update)
+            return write_lmdb(out, records(pool), compress_level, force)
     finally:
         bar.close()
 
 
-def verify_against_files(out, files, max_report=20):
-    """:func:`verify_lmdb` of ``out`` against its source ``[(key, image_path), ...]`` (keys, shapes, pixels)."""
-    expected = {key: (lambda p=path: cv2.imread(p, cv2.IMREAD_UNCHANGED)) for key, path in files}
-    return verify_lmdb(out, expected, max_report)
+def verify_against_files(out, files, max_report=20, tile=None, step=None):
+    """:func:`verify_lmdb` of ``out`` against its source ``[(key, image_path), ...]`` (keys, shapes, pixels),
+    sub-images included when the database was written with ``tile``/``step``."""
+    if not tile:
+        expected = {key: (lambda p=path: cv2.imread(p, cv2.IMREAD_UNCHANGED)) for key, path in files}
+        return verify_lmdb(out, expected, max_report)
+    from functools import lru_cache
+
+    @lru_cache(maxsize=2)  # meta_info lists a source's sub-images together: each source is decoded once
+    def source(path):
+        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ValueError(f'cannot read source image {path}')
+        return img
+
+    expected, problems = {}, []
+    for key, path in files:
+        try:
+            h, w = source(path).shape[:2]
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        for n, (y, x, th, tw) in enumerate(tile_boxes(h, w, tile, step)):
+            expected[f'{key}_s{n:03d}'] = lambda p=path, b=(y, x, th, tw): source(p)[b[0]:b[0] + b[2], b[1]:b[1] + b[3]]
+    return problems + verify_lmdb(out, expected, max_report)
