@@ -51,7 +51,7 @@ def _write(files, out, args, what):
 
 
 def read_pair_list(path, root=None, order='lq,gt'):
-    """``([(key, lq_path)], [(key, gt_path)])`` from a text file of two whitespace-separated paths per line
+    """``([(key, lq_path)], [(key, gt_path)])`` from a text file of whitespace-separated path pairs, one per line
     (RealBlur and SPA-Data ship such lists). Paths are relative to ``root`` (default: the list's folder); the
     key is the LQ path relative to ``root`` without extension, ``/`` replaced by ``_``. Every line whose files
     are missing is reported at once."""
@@ -64,9 +64,9 @@ def read_pair_list(path, root=None, order='lq,gt'):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 2:
+            if len(parts) < 2:  # further columns (some lists carry extra fields) are ignored
                 raise ValueError(f'{path}:{n}: expected two paths, got {line.strip()!r}')
-            lq, gt = (parts if order == 'lq,gt' else parts[::-1])
+            lq, gt = parts[:2] if order == 'lq,gt' else parts[1::-1]
             lq, gt = (p if osp.isabs(p) else osp.join(root, p) for p in (lq, gt))
             missing += [f'{path}:{n}: {p}' for p in (lq, gt) if not osp.isfile(p)]
             key = osp.splitext(osp.relpath(lq, root))[0].replace(os.sep, '_').replace('/', '_')
