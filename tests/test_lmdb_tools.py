@@ -189,3 +189,17 @@ def test_sub_images_and_pair_list(tiny_data, tmp_path):
     lst.write_text('train/gt/0000.png train/lq/0000.png\ntrain/gt/0001.png train/lq/9999.png\n')
     assert create_lmdb.main(['paired', '--list', str(lst), '--list-root', tiny_data, '--out-lq',
                              str(tmp_path / 'm_lq.lmdb'), '--out-gt', str(tmp_path / 'm_gt.lmdb')]) == 2
+
+
+def test_failed_write_leaves_nothing_and_keeps_the_old_database(tiny_data, lmdbs, tmp_path, capsys):
+    from irtoolkit.data.lmdb_util import write_lmdb
+    img = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="key 'a' is a duplicate"):
+        write_lmdb(tmp_path / 'dup.lmdb', [('a', img), ('a', img)])
+    assert not osp.exists(tmp_path / 'dup.lmdb') and not osp.exists(tmp_path / 'dup.lmdb.partial')
+    bad = tmp_path / 'bad'
+    shutil.copytree(osp.join(tiny_data, 'val', 'gt'), bad)
+    (bad / '0001.png').write_bytes(b'not a png')
+    assert create_lmdb.main(['single', '--src', str(bad), '--out', lmdbs[1], '--force']) == 2
+    assert f'cannot read image {bad}/0001.png' in capsys.readouterr().err
+    assert len(read_meta_info(lmdbs[1])) == 8 and not osp.exists(lmdbs[1] + '.partial')

@@ -91,18 +91,16 @@ def write_lmdb(path, records, compress_level=1, force=False, progress=None, comm
     """Write ``records`` (an iterable of ``(key, image_array)`` or ``(key, png_bytes, shape)``) to ``path``.
 
     The database is built in ``<path>.partial`` and renamed at the end, so an interrupted run never leaves a
-    half-written database under the final name. Refuses an existing ``path`` unless ``force``. ``progress`` is
+    half-written database under the final name (with ``force``, the old one is kept until then). Refuses an
+    existing ``path`` unless ``force``. ``progress`` is
     an optional callable called once per record. Returns the number of records.
     """
     import lmdb
     path = osp.abspath(os.fspath(path)).rstrip('/')
     if not path.endswith('.lmdb'):
         raise ValueError(f'LMDB path must end with .lmdb: {path}')
-    if osp.exists(path):
-        if not force:
-            raise FileExistsError(f'{path} already exists; pass --force (force=True) to overwrite it')
-        _forget_env(path)
-        shutil.rmtree(path)
+    if osp.exists(path) and not force:
+        raise FileExistsError(f'{path} already exists; pass --force (force=True) to overwrite it')
     tmp = path + '.partial'
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -141,10 +139,16 @@ def write_lmdb(path, records, compress_level=1, force=False, progress=None, comm
             if progress is not None:
                 progress()
         flush()
-    finally:
+    except BaseException:  # a failed or interrupted write leaves nothing behind
         env.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    env.close()
     with open(osp.join(tmp, 'meta_info.txt'), 'w') as f:
         f.writelines(meta)
+    if osp.exists(path):  # --force: the old database goes only once the new one is complete
+        _forget_env(path)
+        shutil.rmtree(path)
     os.replace(tmp, path)
     return len(meta)
 
