@@ -23,6 +23,10 @@ __all__ = ['ContrastiveEncoder', 'build_encoder', 'vgg_layer_names']
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+_VGG_CFG = {'vgg11': 'A', 'vgg13': 'B', 'vgg16': 'D', 'vgg19': 'E'}
+# torchvision's file names; a torchvision ImageNet checkpoint (or any state dict with ``features.*``) works
+_VGG_FILES = {'vgg11': 'vgg11-8a719046.pth', 'vgg13': 'vgg13-19584684.pth', 'vgg16': 'vgg16-397923af.pth',
+              'vgg19': 'vgg19-dcbb9e9d.pth'}
 
 
 def vgg_layer_names(features):
@@ -98,20 +102,21 @@ class ContrastiveEncoder(nn.Module):
 class _VGGFeatures(nn.Module):
     def __init__(self, arch, layers, weight_file, pretrained):
         super().__init__()
-        import torchvision
-        if arch not in ('vgg11', 'vgg13', 'vgg16', 'vgg19'):
+        from torchvision.models.vgg import cfgs, make_layers
+        if arch not in _VGG_CFG:
             raise ValueError(f'encoder.arch: expected vgg11/13/16/19, got {arch!r}')
-        vgg = getattr(torchvision.models, arch)(weights=None)
+        features = make_layers(cfgs[_VGG_CFG[arch]], batch_norm=False)  # the conv trunk only (no 100M-param head)
         if pretrained:
-            default = {'vgg16': 'vgg16-397923af.pth', 'vgg19': 'vgg19-dcbb9e9d.pth'}.get(arch, f'{arch}.pth')
-            path = find_weight(weight_file or default, f'contrastive encoder {arch}')
-            vgg.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
-        names = vgg_layer_names(vgg.features)
+            path = find_weight(weight_file or _VGG_FILES[arch], f'contrastive encoder {arch}')
+            state = torch.load(path, map_location='cpu', weights_only=True)
+            state = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')}
+            features.load_state_dict(state)
+        names = vgg_layer_names(features)
         unknown = [n for n in layers if n not in names]
         if unknown:
             raise ValueError(f'encoder.layers: {unknown} are not {arch} layers; valid: {", ".join(names)}')
         last = max(names.index(n) for n in layers)
-        self.features = vgg.features[:last + 1]  # drop what no requested layer needs
+        self.features = features[:last + 1]  # drop what no requested layer needs
         self.index = [names.index(n) for n in layers]
 
     def forward(self, x):

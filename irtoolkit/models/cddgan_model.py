@@ -118,16 +118,16 @@ class CDDGANModel(RestorationModel):
         """(source images, generated images, reverse-generated-from-other-side) for direction d."""
         return (self.lq, self.fake_c) if d == 'a' else (self.gt, self.fake_h)
 
-    def _embeddings(self, d, src, out, coords, with_grad):
-        """Queries (from ``out``), keys and momentum keys (from ``src``) for direction d."""
-        enc = self.encoders[d]
+    def _keys(self, d, src, coords):
+        """Keys and momentum keys of ``src`` (no gradient: keys are targets). G does not change between the N
+        step and the G step, so they are computed once per iteration."""
         with torch.no_grad():
-            feats_src = enc(src)
-            k = embed_patches(feats_src, coords, self.heads[d])
-            k_m = embed_patches(feats_src, coords, self.heads_m[d])
+            feats_src = self.encoders[d](src)
+            return embed_patches(feats_src, coords, self.heads[d]), embed_patches(feats_src, coords, self.heads_m[d])
+
+    def _queries(self, d, out, coords, with_grad):
         with torch.set_grad_enabled(with_grad):
-            q = embed_patches(enc(out), coords, self.heads[d])
-        return q, k, k_m
+            return embed_patches(self.encoders[d](out), coords, self.heads[d])
 
     def _negatives(self, d, k_m):
         neg = self.neg_gens[d](k_m)
@@ -141,51 +141,59 @@ class CDDGANModel(RestorationModel):
             embs = embed_patches(self.encoders[d](img), coords, self.heads[d])
             return F.normalize(torch.cat([e.mean(1) for e in embs], -1), dim=-1)
 
-    # ------------------------------------------------------------------ one iteration
-    def optimize_parameters(self, current_iter):
-        log = OrderedDict()
-        x, y = self.lq, self.gt
+    # ------------------------------------------------------------------ one iteration, phase by phase
+    def forward_generators(self):
+        """G_c(x) and G_h(y), the sampled locations and the (fixed) keys of this iteration."""
         with self.autocast():
-            self.fake_c = self.net_g(x)
-            self.fake_h = self.net_g_b(y)
-        fake_c, fake_h = self.fake_c.float(), self.fake_h.float()
-        gans = {'a': (self.net_d, y, fake_c), 'b': (self.net_d_b, x, fake_h)}
+            self.fake_c = self.net_g(self.lq).float()
+            self.fake_h = self.net_g_b(self.gt).float()
+        self.coords = {d: self._coords(self._src_dst(d)[0]) for d in self.directions}
+        self.keys = {d: self._keys(d, self._src_dst(d)[0], self.coords[d]) for d in self.directions}
 
-        # (1) discriminators
+    def _gan_pairs(self):
+        return ((self.net_d, self.gt, self.fake_c), (self.net_d_b, self.lq, self.fake_h))
+
+    def step_d(self, log):
+        """(1) Discriminators: real vs generated (generated images detached)."""
         set_requires_grad([self.net_d, self.net_d_b], True)
         self.optimizers['d'].zero_grad(set_to_none=True)
         l_d = 0
-        for net_d, real, fake in gans.values():
+        for net_d, real, fake in self._gan_pairs():
             l_d = l_d + 0.5 * (self.gan_loss(net_d(real), True, is_disc=True)
                                + self.gan_loss(net_d(fake.detach()), False, is_disc=True))
         self.backward_step(l_d, 'd')
         log['l_d'] = l_d.detach()
         set_requires_grad([self.net_d, self.net_d_b], False)
 
-        # (2) negative generators: ascent on the contrastive loss, everything else fixed
-        coords = {d: self._coords(self._src_dst(d)[0]) for d in self.directions}
+    def step_n(self, log):
+        """(2) Negative generators: ascent on the adversarial PatchNCE (+ diversity); nothing else changes."""
         set_requires_grad(list(self.neg_gens.values()), True)
-        set_requires_grad([self.net_g, self.net_g_b] + list(self.heads.values()), False)
+        frozen = [self.net_g, self.net_g_b] + list(self.heads.values())
+        set_requires_grad(frozen, False)
         self.optimizers['n'].zero_grad(set_to_none=True)
         l_n, nce_seen, div = 0, 0, 0
         for d in self.directions:
-            src, out = self._src_dst(d)
-            q, k, k_m = self._embeddings(d, src, out.detach(), coords[d], with_grad=False)
+            q = self._queries(d, self._src_dst(d)[1].detach(), self.coords[d], with_grad=False)
+            k, k_m = self.keys[d]
             negs, _ = self._negatives(d, k_m)
             l_n = l_n + self.nce_loss(q, k, negs, role='negative')
             nce_seen = nce_seen + self.nce_loss.nce(q, k, negs).detach()
             div = div + self.nce_loss.diversity(negs).detach()
         self.backward_step(l_n, 'n')
-        log.update(l_n=l_n.detach(), l_n_nce=nce_seen / len(self.directions), l_n_div=div / len(self.directions))
+        n_dir = len(self.directions)
+        log.update(l_n=l_n.detach(), l_n_nce=nce_seen / n_dir, l_n_div=div / n_dir)
         set_requires_grad(list(self.neg_gens.values()), False)
-        set_requires_grad([self.net_g, self.net_g_b] + list(self.heads.values()), True)
+        set_requires_grad(frozen, True)
 
-        # (3) generators and heads: descent, generated negatives fixed
+    def step_g(self, log):
+        """(3) Generators and heads: descent on GAN + cycle (+ identity) + adversarial PatchNCE (negatives fixed).
+        Returns the fresh negatives of this step (for the queue)."""
+        x, y = self.lq, self.gt
+        set_requires_grad(list(self.neg_gens.values()), False)
         self.optimizers['g'].zero_grad(set_to_none=True)
         self.optimizers['f'].zero_grad(set_to_none=True)
-        l_gan = sum(self.gan_loss(net_d(fake), True, is_disc=False) for net_d, _, fake in gans.values())
-        total = l_gan
-        log['l_g_gan'] = l_gan.detach()
+        total = sum(self.gan_loss(net_d(fake), True, is_disc=False) for net_d, _, fake in self._gan_pairs())
+        log['l_g_gan'] = total.detach()
         if self.cycle_loss is not None:
             with self.autocast():
                 rec_x, rec_y = self.net_g_b(self.fake_c), self.net_g(self.fake_h)
@@ -202,43 +210,53 @@ class CDDGANModel(RestorationModel):
             l_idt = self.idt_loss(idt_c, y) + self.idt_loss(idt_h, x)
             total = total + l_idt
             log['l_identity'] = l_idt.detach()
-        l_nce, last_negs = 0, {}
+        l_nce, fresh_negs = 0, {}
         for d in self.directions:
-            src, out = self._src_dst(d)
-            q, k, k_m = self._embeddings(d, src, out.float(), coords[d], with_grad=True)
+            q = self._queries(d, self._src_dst(d)[1], self.coords[d], with_grad=True)
+            k, k_m = self.keys[d]  # G and the heads have not changed since the keys were taken
             with torch.no_grad():
-                negs, fresh = self._negatives(d, k_m)
-            last_negs[d] = fresh
+                negs, fresh_negs[d] = self._negatives(d, k_m)
             l_nce = l_nce + self.nce_loss(q, k, negs, role='generator')
         l_nce = l_nce / len(self.directions)
         total = total + l_nce
         log['l_nce'] = l_nce.detach()
         if 'identity' in self.exemplar:  # NCE(G_c(y), y): clear exemplars keep their content (CUT's identity)
             c_y = self._coords(y)
-            q, k, k_m = self._embeddings('a', y, idt_c, c_y, with_grad=True)
+            k, k_m = self._keys('a', y, c_y)
+            q = self._queries('a', idt_c, c_y, with_grad=True)
             with torch.no_grad():
                 negs, _ = self._negatives('a', k_m)
             l_ex = self.exemplar_weight * self.nce_loss(q, k, negs, role='generator')
             total = total + l_ex
             log['l_exemplar_idt'] = l_ex.detach()
         if 'positive' in self.exemplar:  # pooled clear exemplar = positive, hazy inputs = negatives
-            c_x = coords['a']
-            anchor = self._pooled('a', fake_c, c_x)
+            c_x = self.coords['a']
+            anchor = self._pooled('a', self.fake_c, c_x)
             with torch.no_grad():
                 pos = self._pooled('a', y, self._coords(y), with_grad=False)
                 neg = self._pooled('a', x, c_x, with_grad=False)
-            # every hazy input of the batch is a negative of every anchor
-            negs = neg.unsqueeze(0).expand(anchor.shape[0], -1, -1)
+            negs = neg.unsqueeze(0).expand(anchor.shape[0], -1, -1)  # every hazy input is every anchor's negative
             l_pos = patch_nce(anchor[:, None], pos[:, None], negs, self.exemplar_tau, 'external', 'image').mean()
             l_pos = self.exemplar_weight * l_pos
             total = total + l_pos
             log['l_exemplar_pos'] = l_pos.detach()
         self.backward_step(total, ['g', 'f'])
         log['l_g_total'] = total.detach()
+        return fresh_negs
 
-        # (4) momentum heads, (5) queue
+    def step_momentum(self, fresh_negs):
+        """(4) Momentum heads, (5) queue of generated negatives."""
         for d in self.directions:
             momentum_update(self.heads_m[d], self.heads[d], self.momentum)
-            self.neg_gens[d].enqueue(last_negs[d])
+            if d in fresh_negs:
+                self.neg_gens[d].enqueue(fresh_negs[d])
+
+    def optimize_parameters(self, current_iter):
+        log = OrderedDict()
+        self.forward_generators()
+        self.step_d(log)
+        self.step_n(log)
+        fresh = self.step_g(log)
+        self.step_momentum(fresh)
         self.reduce_loss_dict(log)
         self.update_ema()

@@ -74,7 +74,7 @@ class UniRemovalModel(RestorationModel):
         self.where = f'{self.opt.get("opt_path", "")}: '
         self.uopt = self.opt.get('uniremoval') or {}
         self.stage = self.uopt.get('stage', 1)
-        self.label_key = self.uopt.get('label_key', 'label')
+        self.label_key = self.uopt.get('label_key')  # default: deg_type (names), else label
         self.net_g.train()
         self.setup_ema('net_g')
         if self.stage == 1:
@@ -171,10 +171,13 @@ class UniRemovalModel(RestorationModel):
 
     def feed_data(self, data):
         super().feed_data(data)
-        self.label = data.get(self.label_key) if self.is_train and self.stage == 1 else None
-        if self.is_train and self.stage == 1 and self.label is None:
-            raise KeyError(f'UniRemovalModel stage 1: the batch has no {self.label_key!r} (degradation label); use a '
-                           'multi-degradation dataset or set uniremoval.label_key')
+        self.label = None
+        if self.is_train and self.stage == 1:
+            keys = [self.label_key] if self.label_key else ['deg_type', 'label']
+            self.label = next((data[k] for k in keys if k in data), None)
+            if self.label is None:
+                raise KeyError(f'UniRemovalModel stage 1: the batch has no {" or ".join(keys)} (degradation label); '
+                               'use MultiDegradationDataset or set uniremoval.label_key')
 
     @staticmethod
     def _select(stacked, idx):
