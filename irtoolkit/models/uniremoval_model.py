@@ -171,13 +171,8 @@ class UniRemovalModel(RestorationModel):
 
     def feed_data(self, data):
         super().feed_data(data)
-        self.label = None
-        if self.is_train and self.stage == 1:
-            keys = [self.label_key] if self.label_key else ['deg_type', 'label']
-            self.label = next((data[k] for k in keys if k in data), None)
-            if self.label is None:
-                raise KeyError(f'UniRemovalModel stage 1: the batch has no {" or ".join(keys)} (degradation label); '
-                               'use MultiDegradationDataset or set uniremoval.label_key')
+        keys = [self.label_key] if self.label_key else ['deg_type', 'label']
+        self.label = next((data[k] for k in keys if k in data), None)  # validation batches have none
 
     @staticmethod
     def _select(stacked, idx):
@@ -192,6 +187,10 @@ class UniRemovalModel(RestorationModel):
 
     def _stage1_step(self, log):
         x, gt = self.lq, self.gt
+        if self.label is None:
+            keys = [self.label_key] if self.label_key else ['deg_type', 'label']
+            raise KeyError(f'UniRemovalModel stage 1: the batch has no {" or ".join(keys)} (degradation label); '
+                           'use MultiDegradationDataset or set uniremoval.label_key')
         idx = self._label_index(self.label)
         with torch.no_grad():
             t_feats, t_outs = [], []
