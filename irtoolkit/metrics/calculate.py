@@ -120,6 +120,13 @@ class MetricSet:
         self.metrics = {name: build_metric(name, opt, where, device) for name, opt in (metrics_opt or {}).items()}
         self.per_image = []  # [(image name, {metric: value})]
 
+    @classmethod
+    def from_metrics(cls, metrics):
+        """A new, empty accumulator over already built :class:`Metric` objects (``{name: Metric}``)."""
+        obj = cls(None)
+        obj.metrics = dict(metrics)
+        return obj
+
     def __len__(self):
         return len(self.metrics)
 

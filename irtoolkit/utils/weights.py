@@ -85,6 +85,12 @@ def register_weights(consumer, files, note=''):
     REQUIREMENTS[consumer] = (tuple(f if isinstance(f, WeightFile) else WeightFile(f, '') for f in files), note)
 
 
+_LPIPS_NOTE = "linear layers ship with the lpips package; pyiqa's {} is used instead if present"
+for _name, _trunk, _file in [('lpips', TV_ALEXNET, 'LPIPS_v0.1_alex-df73285e.pth'),
+                             ('lpips+', TV_ALEXNET, 'LPIPS_v0.1_alex-df73285e.pth'),
+                             ('lpips-vgg', TV_VGG16, 'LPIPS_v0.1_vgg-a78928a0.pth'),
+                             ('lpips-vgg+', TV_VGG16, 'LPIPS_v0.1_vgg-a78928a0.pth')]:
+    register_weights(f'metric {_name}', [_trunk], _LPIPS_NOTE.format(_file))
 for _name, _files in [
     ('stlpips', [_iqa('alex_shift_tolerant.pth')]),
     ('stlpips-vgg', [_iqa('vgg_shift_tolerant.pth')]),
@@ -112,13 +118,6 @@ for _name, _files in [
     ('fid', [_iqa('pt_inception-2015-12-05-6726825d.pth')]),
 ]:
     register_weights(f'metric {_name}', _files)
-_LPIPS_NOTE = ('linear layers shipped with the lpips package (pyiqa\'s {} is used instead when it is in the '
-               'weights folder)')
-for _name, _trunk, _file in [('lpips', TV_ALEXNET, 'LPIPS_v0.1_alex-df73285e.pth'),
-                             ('lpips+', TV_ALEXNET, 'LPIPS_v0.1_alex-df73285e.pth'),
-                             ('lpips-vgg', TV_VGG16, 'LPIPS_v0.1_vgg-a78928a0.pth'),
-                             ('lpips-vgg+', TV_VGG16, 'LPIPS_v0.1_vgg-a78928a0.pth')]:
-    register_weights(f'metric {_name}', [_trunk], _LPIPS_NOTE.format(_file))
 register_weights('metric niqe', [], "built in: basicsr's niqe_pris_params.npz (niqe_modelparameters.mat in the "
                  'weights folder takes precedence)')
 

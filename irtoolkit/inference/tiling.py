@@ -1,0 +1,118 @@
+"""Tiled inference: run a network on overlapping tiles of a large image and blend them back.
+
+Why tiles: a 2048x2048 image through a U-Net keeps several full-resolution feature maps alive at once (GBs on a
+CPU, out of memory on small GPUs); tiles bound the peak to a tile's activations plus the output buffers.
+
+How tiles are blended (one axis; the 2-D weight is the product of the two axes): tiles of size ``tile`` start
+every ``tile - overlap`` pixels, the last one flush with the image end, so neighbours overlap by at least
+``overlap``. Inside an overlap of length ``ov`` a tile's weight is 0 for the ``margin`` pixels next to its inner
+edge, then ramps linearly to 1 over ``ov - 2 * margin`` pixels; the two weights of a pair sum to 1. Edges on the
+image border keep weight 1. So a network whose receptive field reaches at most ``margin`` pixels gives exactly the
+untiled output (its tile outputs are only wrong within that reach of an inner edge, where the weight is 0), and
+a network with global operations (NAFNet's channel attention pools the whole input) shows no seams.
+
+``align``: tile starts and size are multiples of it (and the image is zero-padded at the bottom/right to a
+multiple of it first, as NAFNet pads), so stride-2 down-sampling sees the same pixel grid in a tile as in the
+whole image. An image no larger than one tile is passed whole: the result is the untiled output, bit for bit.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def tile_starts(length, tile, overlap, align=1):
+    """Start offsets covering ``[0, length)`` with tiles of ``tile`` pixels overlapping by >= ``overlap``."""
+    if length <= tile:
+        return [0]
+    stride = max(align, (tile - overlap) // align * align)
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def axis_weights(length, tile, starts, margin, dtype=torch.float32):
+    """Per-tile 1-D blending weights (len(starts), tile) for tiles at ``starts`` on an axis of ``length``."""
+    n = min(tile, length)
+    weights = torch.ones(len(starts), n, dtype=dtype)
+    pos = torch.arange(n, dtype=torch.float64) + 0.5  # distance of each pixel centre from the tile's left edge
+    for k, s in enumerate(starts):
+        if k > 0:  # inner left edge: overlap with the previous tile
+            ov = starts[k - 1] + n - s
+            weights[k] *= ((pos - margin) / max(ov - 2 * margin, 1)).clamp(0, 1).to(dtype)
+        if k < len(starts) - 1:  # inner right edge
+            ov = s + n - starts[k + 1]
+            weights[k] *= ((n - pos - margin) / max(ov - 2 * margin, 1)).clamp(0, 1).to(dtype)
+    return weights
+
+
+def _as_output(result):
+    """Networks may return a tensor, a tuple/list (first item is the image) or a dict with 'output'/'out'."""
+    if torch.is_tensor(result):
+        return result
+    if isinstance(result, (list, tuple)) and result and torch.is_tensor(result[0]):
+        return result[0]
+    if isinstance(result, dict):
+        for key in ('output', 'out', 'result'):
+            if key in result:
+                return result[key]
+    raise TypeError(f'network returned {type(result).__name__}; expected an image tensor')
+
+
+@torch.inference_mode()
+def tiled_forward(net, img, tile=256, overlap=32, margin=None, align=1, batch_size=1, out_device=None,
+                  progress=False):
+    """Restore ``img`` (1, C, H, W) with ``net`` tile by tile; returns (1, C_out, H*s, W*s) for scale ``s``.
+
+    Args:
+        net: callable on (B, C, h, w) on the device of ``img``.
+        tile: tile size (rounded down to a multiple of ``align``); ``None`` or 0 runs the whole image at once.
+        overlap: minimum overlap of neighbouring tiles; ``margin`` (default ``overlap // 4``) is the border of
+            each inner tile edge that gets zero weight. ``overlap > 2 * margin`` is required.
+        align: tile starts/sizes are multiples of this (the network's down-sampling factor, e.g. 2**levels).
+        batch_size: tiles per forward pass.
+        out_device: where the blended output is accumulated (default: the device of ``img``).
+    """
+    if img.dim() != 4 or img.shape[0] != 1:
+        raise ValueError(f'tiled_forward expects one image (1, C, H, W), got {tuple(img.shape)}')
+    _, _, h, w = img.shape
+    if not tile or (h <= tile and w <= tile):
+        return _as_output(net(img))
+    margin = overlap // 4 if margin is None else margin
+    tile = max(align, tile // align * align)
+    if overlap <= 2 * margin or overlap >= tile:
+        raise ValueError(f'need 2 * margin < overlap < tile, got margin {margin}, overlap {overlap}, tile {tile}')
+    hp, wp = math.ceil(h / align) * align, math.ceil(w / align) * align
+    x = F.pad(img, (0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else img
+    th, tw = min(tile, hp), min(tile, wp)
+    ys, xs = tile_starts(hp, th, overlap, align), tile_starts(wp, tw, overlap, align)
+    wy, wx = axis_weights(hp, th, ys, margin), axis_weights(wp, tw, xs, margin)
+    coords = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    out_device = out_device or img.device
+    acc = weight_sum = None
+    scale = None
+    bar = tqdm(total=len(coords), unit='tile', desc='tiles', disable=not progress, leave=False)
+    for b in range(0, len(coords), batch_size):
+        chunk = coords[b:b + batch_size]
+        batch = torch.cat([x[..., ys[i]:ys[i] + th, xs[j]:xs[j] + tw] for i, j in chunk])
+        out = _as_output(net(batch)).to(out_device, torch.float32)
+        if acc is None:
+            scale = out.shape[-1] // tw
+            if out.shape[-2] != th * scale or out.shape[-1] != tw * scale:
+                raise ValueError(f'network output {tuple(out.shape[-2:])} is not an integer multiple of the tile '
+                                 f'{(th, tw)}')
+            acc = torch.zeros(out.shape[1], hp * scale, wp * scale, device=out_device)
+            weight_sum = torch.zeros(1, hp * scale, wp * scale, device=out_device)
+            wy_s = wy.repeat_interleave(scale, dim=1).to(out_device)
+            wx_s = wx.repeat_interleave(scale, dim=1).to(out_device)
+        for k, (i, j) in enumerate(chunk):
+            wgt = wy_s[i][:, None] * wx_s[j][None, :]
+            y0, x0 = ys[i] * scale, xs[j] * scale
+            region = (slice(None), slice(y0, y0 + th * scale), slice(x0, x0 + tw * scale))
+            acc[region] += out[k] * wgt
+            weight_sum[region] += wgt
+        bar.update(len(chunk))
+    bar.close()
+    acc /= weight_sum
+    return acc[None, :, :h * scale, :w * scale]
