@@ -21,9 +21,12 @@ $(STAMP): pyproject.toml
 test: setup
 	$(VPY) -m pytest -q tests
 
+# make demo [DEG=haze|rain|noise|blur] [ITERS=N] [DEVICE=auto|cpu|cuda]
+DEG ?= haze
+DEVICE ?= auto
+ITERS ?=
 demo: setup
-	$(VPY) tools/make_tiny_data.py --root datasets/tiny
-	$(VPY) irtoolkit/train.py -opt options/train/NAFNet/train_NAFNet_tiny.yml
+	$(VPY) tools/demo.py --degradation $(DEG) --device $(DEVICE) $(if $(ITERS),--iters $(ITERS))
 
 lint: setup
 	$(VPY) -m flake8 irtoolkit tools tests benchmarks

@@ -47,6 +47,29 @@ def open_lmdb(path, **kwargs):
         return env
 
 
+def close_lmdb(path):
+    """Close and forget this process's cached environment of ``path`` (e.g. before rebuilding the database)."""
+    key = (os.getpid(), os.path.abspath(os.fspath(path)))
+    with _LMDB_LOCK:
+        env = _LMDB_ENVS.pop(key, None)
+    if env is not None:
+        env.close()
+
+
+def _close_inherited_lmdb_envs():
+    # After fork (DataLoader workers): py-lmdb >= 2 remembers open environments in a process-wide set that the
+    # child inherits, so the worker's own lmdb.open of a database the parent had open fails with "already open
+    # in this process". LMDB forbids using an environment across fork anyway: the child closes its inherited
+    # copies (its own mappings only; the parent is unaffected) and opens fresh ones on first use.
+    pid = os.getpid()
+    for key in [k for k in _LMDB_ENVS if k[0] != pid]:
+        env = _LMDB_ENVS.pop(key)
+        try:
+            env.close()
+        except Exception:  # a copy that cannot close must not kill the worker; lmdb.open will say what is wrong
+            pass
+
+
 def _patch_lmdb_backend():
     # basicsr's LmdbBackend calls lmdb.open per FileClient; with lmdb >= 2 the second one fails. Route it
     # through open_lmdb, and make a missing key a clear error instead of imfrombytes(None) crashing later.
@@ -100,4 +123,6 @@ def apply():
     _alias_functional_tensor()
     _patch_perceptual_l2()
     _patch_lmdb_backend()
+    if hasattr(os, 'register_at_fork'):
+        os.register_at_fork(after_in_child=_close_inherited_lmdb_envs)
     _APPLIED = True

@@ -14,6 +14,7 @@ from irtk_testutils import tiny_options, write_options
 from irtoolkit.data.demo import TRAIN_PHOTOS, VAL_PHOTOS, build_demo
 from irtoolkit.data.lmdb_util import read_meta_info
 from irtoolkit.data.multi_degradation_dataset import DegradationBalancedBatchSampler
+from irtoolkit.engine.data import build_dataloader
 from irtoolkit.utils.registry import DATASET_REGISTRY
 
 
@@ -112,6 +113,10 @@ def test_multi_degradation_labels_and_balanced_batches(demo):
     assert len(r0) == len(r1) == 3 and r0 != r1
     with pytest.raises(ValueError, match='batch_size >= number of degradations'):
         DegradationBalancedBatchSampler(ds.labels, 2)
+    # the runner's loader builder uses the dataset's own batch sampler: every degradation in every batch
+    loader, runner_sampler = build_dataloader(ds, {'batch_size_per_gpu': 3, 'dataset_enlarge_ratio': 2}, 'train')
+    assert isinstance(runner_sampler, DegradationBalancedBatchSampler) and len(loader) == len(runner_sampler)
+    assert all(set(b['label'].tolist()) == {0, 1, 2} for b in loader)
 
 
 def test_synthetic_validation_is_the_same_every_time(demo):

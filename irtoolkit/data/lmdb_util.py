@@ -15,7 +15,7 @@ import shutil
 import cv2
 import numpy as np
 
-from irtoolkit.compat import open_lmdb
+from irtoolkit.compat import close_lmdb, open_lmdb
 
 __all__ = ['LmdbRecordError', 'encode_png', 'decode_image', 'write_lmdb', 'read_meta_info', 'LmdbImageReader',
            'verify_lmdb', 'files_to_lmdb', 'verify_against_files', 'tile_boxes']
@@ -53,38 +53,10 @@ def _shape3(img):
     return (img.shape[0], img.shape[1], 1 if img.ndim == 2 else img.shape[2])
 
 
-def _close_inherited_envs():
-    """After ``fork``: close the parent's cached environments in the child (never in the parent).
-
-    ``compat.open_lmdb`` keys its cache by pid, so a forked DataLoader worker opens its own environment, but
-    py-lmdb >= 2 remembers open environments by file identity in a process-wide set that the child inherits:
-    the child's ``lmdb.open`` then fails with "already open in this process" whenever the parent had opened
-    the same database (a dataset opens it in ``__init__`` to fail early). LMDB forbids using an environment
-    across fork anyway, so the child closes its copies (its own mappings and descriptors only; the parent is
-    unaffected) and opens fresh ones on first use. Runs single-threaded, right after fork.
-    """
-    from irtoolkit import compat
-    pid = os.getpid()
-    for key in [k for k in compat._LMDB_ENVS if k[0] != pid]:
-        env = compat._LMDB_ENVS.pop(key)
-        try:
-            env.close()
-        except Exception:  # noqa: BLE001 -- a copy that cannot close must not kill the worker; lmdb.open says
-            pass
-
-
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_close_inherited_envs)
-
-
 def _forget_env(path):
     # open_lmdb caches one environment per (pid, path); a database rebuilt with --force in the same process
     # must not be read through the stale environment of the deleted files.
-    from irtoolkit import compat
-    with compat._LMDB_LOCK:
-        env = compat._LMDB_ENVS.pop((os.getpid(), path), None)
-    if env is not None:
-        env.close()
+    close_lmdb(path)
 
 
 def write_lmdb(path, records, compress_level=1, force=False, progress=None, commit_every=256):

@@ -70,11 +70,16 @@ def build_dataloader(dataset, dataset_opt, phase, world_size=1, rank=0, seed=0, 
         if dataset_opt.get('prefetch_factor'):
             common['prefetch_factor'] = dataset_opt['prefetch_factor']
     if phase == 'train':
-        sampler = ResumableSampler(dataset, world_size, rank, dataset_opt.get('dataset_enlarge_ratio', 1),
-                                   dataset_opt.get('use_shuffle', True), seed)
         batch = dataset_opt.get('batch_size_per_gpu')
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f'datasets.{dataset_opt.get("name", "train")}.batch_size_per_gpu: expected an int >= 1')
+        ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
+        if hasattr(dataset, 'make_batch_sampler'):
+            # datasets that compose their own batches (e.g. every degradation in each batch); the sampler has the
+            # same surface as ResumableSampler: set_epoch(epoch, start_in_samples), len() in batches
+            batch_sampler = dataset.make_batch_sampler(batch, world_size, rank, ratio, seed)
+            return DataLoader(dataset, batch_sampler=batch_sampler, **common), batch_sampler
+        sampler = ResumableSampler(dataset, world_size, rank, ratio, dataset_opt.get('use_shuffle', True), seed)
         if sampler.num_samples < batch:
             raise ValueError(f'datasets.train: {sampler.num_samples} samples per rank < batch_size_per_gpu {batch}; '
                              'raise dataset_enlarge_ratio or lower the batch size')
