@@ -1,0 +1,146 @@
+"""ConStylePretrainModel: ConStyle v2's first stage, the prior trained alone (Fan et al., arXiv 2406.18242).
+
+``network_g`` is a ``ConStyle`` (``Train: true``; ``num_classes`` > 0 adds the classification head). Each step
+embeds the degraded image with the query encoder and the clean image with the momentum key encoder and minimises
+InfoNCE + Content + Style (``train.infonce_opt``, ``content_opt``, ``style_opt``, as in ConStyleModel) plus, with a
+head, ``train.cls_opt`` (cross-entropy of the query's logits against the degradation label, ``cls_iter`` iterations).
+
+Data: unlike upstream v2 (independent random crops for LQ and GT, so the positive was a different crop), the
+degraded image is always the same crop as the clean one (pixel-aligned):
+    * ``train.degradations: {name: [degradation specs], ...}`` degrades the clean ``gt`` batch on the fly, one
+      named degradation per sample drawn uniformly, its index being the label (specs are those of
+      ``irtoolkit.data.degradations.build_degradation``: haze, rain, gaussian_noise, motion_blur, jpeg, ...);
+    * without it, the batch's own ``lq`` (paired datasets) and ``label`` (MultiDegradationDataset) are used.
+Validation on pairs: ``retrieval_top1`` (the share of degraded images whose nearest clean embedding is their own
+clean image, cosine, within the validation set), ``cos_pos`` (mean cosine of matching pairs) and, with a head and
+labels, ``cls_acc``.
+"""
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from irtoolkit.data.degradations import build_degradation
+from irtoolkit.models.base_model import BaseModel, bare
+from irtoolkit.models.constyle_model import build_constyle_losses, constyle_loss_terms
+from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
+
+logger = logging.getLogger('irtoolkit')
+
+
+@MODEL_REGISTRY.register()
+class ConStylePretrainModel(BaseModel):
+    OPTION_SCHEMA = {'train': {'degradations': dict, 'cls_iter': int}}
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.net_g = self.build_net('network_g')
+        net = bare(self.net_g)
+        if not (hasattr(net, 'train_forward') and hasattr(net, 'encoder_q')):
+            raise OptionError(f'{opt.get("opt_path", "")}: network_g.type: ConStylePretrainModel trains a ConStyle '
+                              f'network, got {type(net).__name__}')
+        self.best_metric_results = {}
+        if self.is_train:
+            self.init_training_settings()
+
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        if not bare(self.net_g).Train:
+            raise OptionError(f'{self.opt.get("opt_path", "")}: network_g.Train: must be true to pre-train ConStyle')
+        self.net_g.train()
+        self.setup_ema('net_g')
+        self.losses = build_constyle_losses(train_opt, self.device)
+        if train_opt.get('cls_opt'):
+            if bare(self.net_g).encoder_q.classifier is None:
+                raise OptionError(f'{self.opt.get("opt_path", "")}: train.cls_opt needs network_g.num_classes > 0')
+            self.losses['cls'] = build_loss(train_opt['cls_opt'], 'train.cls_opt').to(self.device)
+        if not self.losses:
+            raise OptionError(f'{self.opt.get("opt_path", "")}: train: no loss (infonce_opt, content_opt, style_opt)')
+        self.cls_iter = train_opt.get('cls_iter') or float('inf')
+        specs = train_opt.get('degradations') or {}
+        self.degradations = [(name, build_degradation(s, f'train.degradations.{name}')) for name, s in specs.items()]
+        self.add_optimizer('g', self.net_g.parameters(), 'optim_g')
+        self.setup_schedulers()
+
+    # ------------------------------------------------------------------ data
+    def feed_data(self, data):
+        self.gt = data['gt'].to(self.device)
+        self.label = data['label'].to(self.device).long() if 'label' in data else None
+        if self.is_train and getattr(self, 'degradations', None) and not getattr(self, '_validating', False):
+            self.lq, self.label = self.degrade(data['gt'])
+            self.lq, self.label = self.lq.to(self.device), self.label.to(self.device)
+        else:
+            if 'lq' not in data:
+                raise KeyError('ConStylePretrainModel: the batch has no "lq"; give train.degradations or paired data')
+            self.lq = data['lq'].to(self.device)
+
+    def degrade(self, gt):
+        """Degrade each clean (C, H, W) crop in place of its own pixels; returns (lq, labels)."""
+        # drawn from numpy's global stream, which the runner seeds and checkpoints (exact resume)
+        rng = np.random.default_rng(np.random.randint(2 ** 31))
+        labels = rng.integers(len(self.degradations), size=gt.shape[0])
+        out = []
+        for img, lab in zip(gt.permute(0, 2, 3, 1).cpu().numpy(), labels):
+            out.append(self.degradations[lab][1](np.ascontiguousarray(img, dtype=np.float32), rng))
+        lq = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().to(gt.dtype)
+        return lq, torch.from_numpy(labels).long()
+
+    # ------------------------------------------------------------------ training
+    def optimize_parameters(self, current_iter):
+        self.optimizers['g'].zero_grad(set_to_none=True)
+        with self.autocast():
+            out = self.net_g(self.lq, self.gt)  # through forward, so DDP sees it
+        total, loss_dict = constyle_loss_terms(self.losses, out)
+        if 'cls' in self.losses:
+            if current_iter <= self.cls_iter and self.label is not None:
+                loss_dict['l_cls'] = self.losses['cls'](out['logits_q'].float(), self.label)
+                total = total + loss_dict['l_cls']
+        loss_dict['l_total'] = total
+        self.backward_step(total, 'g')
+        self.reduce_loss_dict(loss_dict)
+        self.update_ema()
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validation(self, dataloader, current_iter, tb_logger=None, save_img=False, logger=None):
+        if self.rank != 0:
+            return {}
+        net = self.inference_net('net_g')
+        was_training = net.training
+        net.eval()
+        self._validating = True
+        zq, zk, logits, labels = [], [], [], []
+        try:
+            for data in dataloader:
+                self.feed_data(data)
+                q, _, lg = net.encoder_q(self.lq)
+                k = (net.encoder_k if net.Train else net.encoder_q)(self.gt)[0][1]
+                zq.append(F.normalize(q[1].float(), dim=1))
+                zk.append(F.normalize(k.float(), dim=1))
+                if lg is not None and self.label is not None:
+                    logits.append(lg)
+                    labels.append(self.label)
+        finally:
+            self._validating = False
+            net.train(was_training)
+        zq, zk = torch.cat(zq), torch.cat(zk)
+        sim = zq @ zk.t()
+        target = torch.arange(len(zq), device=sim.device)
+        results = OrderedDict(retrieval_top1=float((sim.argmax(1) == target).float().mean()),
+                              cos_pos=float(sim.diag().mean()))
+        if logits:
+            results['cls_acc'] = float((torch.cat(logits).argmax(1) == torch.cat(labels)).float().mean())
+        name = dataloader.dataset.opt.get('name', 'val')
+        best = self.best_metric_results.setdefault(name, {})
+        lines = [f'Validation {name} ({len(zq)} pairs)']
+        for m, v in results.items():
+            if m not in best or v > best[m][0]:
+                best[m] = (v, current_iter)
+            lines.append(f'\t # {m}: {v:.4f}\tBest: {best[m][0]:.4f} @ {best[m][1]} iter')
+            if tb_logger is not None:
+                tb_logger.add_scalar(f'metrics/{name}/{m}', v, current_iter)
+        if logger is not None:
+            logger.info('\n'.join(lines))
+        return results

@@ -1,0 +1,95 @@
+"""IRConStyleModel: ConStyle v2's second stage (Fan et al., arXiv 2406.18242).
+
+A ConStyle prior pre-trained on its own (``ConStylePretrainModel``, or any checkpoint holding ConStyle weights) is
+loaded into ``net_g.ConStyle``, frozen (no gradients, eval-mode BatchNorm), and only the backbone trains with the
+image losses (``train.pixel_opt`` ...). Options:
+
+    path.pretrain_constyle: path        # a ConStyle checkpoint (keys encoder_q.*) or a whole ConStyle<X> one
+    path.param_key_constyle: params_ema # default: params_ema when present, else params
+    path.strict_load_constyle: true     # after the documented drops below, every key must match
+
+Drops, each logged: the v2 classification head (``*.classifier.*``) when the network has none; the key encoder
+and the queue when the network is built with ``Train: false``. A checkpoint without a key encoder loaded into a
+``Train: true`` network fills ``encoder_k`` from ``encoder_q`` (it is never used once frozen).
+"""
+import logging
+
+from irtoolkit.engine.checkpoint import safe_load
+from irtoolkit.models.base_model import bare
+from irtoolkit.models.constyle_model import ConStyleModel
+from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
+
+logger = logging.getLogger('irtoolkit')
+
+
+def constyle_state_from_checkpoint(path, param_key=None):
+    """The ConStyle entries of a checkpoint, without any ``module.`` / ``ConStyle.`` prefix."""
+    state = safe_load(path)
+    if isinstance(state, dict) and param_key:
+        if param_key not in state:
+            raise KeyError(f'{path}: no {param_key!r} entry; has {", ".join(map(str, state))}')
+        state = state[param_key]
+    elif isinstance(state, dict) and ('params_ema' in state or 'params' in state):
+        state = state.get('params_ema', state.get('params'))
+    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    if any(k.startswith('ConStyle.') for k in state):
+        state = {k[len('ConStyle.'):]: v for k, v in state.items() if k.startswith('ConStyle.')}
+    if not any(k.startswith('encoder_q.') for k in state):
+        raise KeyError(f'{path}: no ConStyle weights (no encoder_q.* or ConStyle.encoder_q.* keys)')
+    return state
+
+
+def load_constyle(constyle, path, param_key=None, strict=True):
+    """Load ``path`` into a :class:`~irtoolkit.archs.constyle_arch.ConStyle` module; returns the dropped keys."""
+    state = constyle_state_from_checkpoint(path, param_key)
+    own = constyle.state_dict()
+    dropped = [k for k in state if '.classifier.' in k and k not in own]
+    if not constyle.Train:
+        dropped += [k for k in state if k.startswith('encoder_k.') or k in ('queue', 'queue_ptr')]
+    state = {k: v for k, v in state.items() if k not in set(dropped)}
+    if constyle.Train and not any(k.startswith('encoder_k.') for k in state):
+        state.update({'encoder_k.' + k[len('encoder_q.'):]: v for k, v in state.items() if k.startswith('encoder_q.')})
+        for k in ('queue', 'queue_ptr'):
+            state.setdefault(k, own[k])
+        logger.info(f'{path}: no key encoder in the checkpoint; encoder_k copied from encoder_q')
+    if 'queue' in state and state['queue'].shape != own['queue'].shape:
+        logger.info(f'{path}: queue {tuple(state["queue"].shape)} != network queue {tuple(own["queue"].shape)}; '
+                    'the network keeps its own queue (unused once frozen)')
+        state['queue'], state['queue_ptr'] = own['queue'], own['queue_ptr']
+    if dropped:
+        logger.info(f'{path}: dropped {len(dropped)} ConStyle entries not in this network '
+                    f'(e.g. {dropped[0]})')
+    constyle.load_state_dict(state, strict=strict)
+    return dropped
+
+
+@MODEL_REGISTRY.register()
+class IRConStyleModel(ConStyleModel):
+    OPTION_SCHEMA = {'train': {'ConStyle_iter': int, 'mixing_augs': dict},
+                     'path': {'pretrain_constyle': str, 'param_key_constyle': str, 'strict_load_constyle': bool}}
+    uses_constyle_losses = False
+
+    def build_net(self, key='network_g', name=None, trainable=True):
+        net = super().build_net(key, name, trainable)
+        path_opt = self.opt.get('path') or {}
+        if key == 'network_g' and path_opt.get('pretrain_constyle'):
+            if not hasattr(bare(net), 'ConStyle'):
+                raise OptionError(f'{self.opt.get("opt_path", "")}: network_g: {type(bare(net)).__name__} has no '
+                                  'ConStyle to load path.pretrain_constyle into')
+            load_constyle(bare(net).ConStyle, path_opt['pretrain_constyle'], path_opt.get('param_key_constyle'),
+                          path_opt.get('strict_load_constyle', True))
+            logger.info(f'Loaded the ConStyle prior from {path_opt["pretrain_constyle"]}')
+        return net
+
+    def init_training_settings(self):
+        if not (self.opt.get('path') or {}).get('pretrain_constyle') and not (self.opt.get('path') or {}).get(
+                'pretrain_network_g'):
+            logger.warning('IRConStyleModel: no path.pretrain_constyle: the frozen prior keeps its random weights')
+        ignored = [k for k in ('infonce_opt', 'CrossEntropy_opt', 'content_opt', 'style_opt') if k in self.opt['train']]
+        if ignored:
+            logger.info(f'IRConStyleModel: the prior is frozen; ignoring train.{", train.".join(ignored)}')
+        self.opt['train']['ConStyle_iter'] = -1
+        if hasattr(bare(self.net_g), 'ConStyle'):
+            bare(self.net_g).ConStyle.freeze()  # before the optimiser and the EMA copy are built
+        super().init_training_settings()
+        self.freeze_constyle(0)  # flags, EMA copy, and a DDP wrapper without the prior's parameters
