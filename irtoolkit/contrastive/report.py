@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 
-_ITER = re.compile(r'iter:\s*([\d,]+)')
-_LOSS = re.compile(r'(l_[A-Za-z0-9_]+): ([-+0-9.eE]+)')
+_ITER = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+)')  # the runner's iteration lines only
+_LOSS = re.compile(r'(?<!\w)(l_\w+): ([-+0-9.eE]+|nan|inf)')
 
 
 def parse_log(path):
@@ -28,7 +28,7 @@ def parse_log(path):
     with open(path, encoding='utf-8') as f:
         for line in f:
             m = _ITER.search(line)
-            if not m or 'l_' not in line:
+            if not m:
                 continue
             it = int(m.group(1).replace(',', ''))
             for name, val in _LOSS.findall(line):
