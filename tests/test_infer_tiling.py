@@ -169,3 +169,22 @@ def test_infer_tool_param_key_and_errors(image_folder, tmp_path):
     wrong = dict(NAF_OPT, width=16)
     with pytest.raises(SystemExit, match='does not fit NAFNet'):
         infer_tool.main(['--net', str(wrong), '--ckpt', str(bare), '--input', one, '--output', str(tmp_path / 'o3')])
+
+
+def test_infer_tool_with_constyle_checkpoint(image_folder, tmp_path):
+    """ConStyle archs go through the same path: options -> network, params_ema -> load_checkpoint_state."""
+    from irtoolkit.utils.registry import ARCH_REGISTRY, build_network
+    if 'ConStyleNAFNet' not in ARCH_REGISTRY._obj_map:
+        pytest.skip('ConStyleNAFNet not registered in this tree')
+    opt = {'type': 'ConStyleNAFNet', 'img_channel': 3, 'dim': 8, 'left_blk_num': [1, 1, 1], 'bottom_blk_num': 1,
+           'right_blk_num': [1, 1, 1], 'Train': True, 'constyle_opt': {'K': 64}}
+    torch.manual_seed(6)
+    net = build_network(opt).eval()
+    ckpt = tmp_path / 'constyle.pth'
+    atomic_save({'params': net.state_dict(), 'params_ema': net.state_dict()}, str(ckpt))
+    one = str(image_folder / 'lq' / 'c1.png')
+    infer_tool.main(['--net', str(opt), '--ckpt', str(ckpt), '--input', one, '--output', str(tmp_path / 'o'),
+                     '--no-progress'])
+    with torch.inference_mode():
+        expected = net(read_image(one)[None])[0].clamp(0, 1)
+    assert (read_image(str(tmp_path / 'o' / 'c1.png')) - expected).abs().max().item() <= 1 / 255 + 1e-6

@@ -14,7 +14,8 @@ weights folder (:mod:`irtoolkit.utils.weights`); a missing one fails when the Me
 
 Registered functions follow basicsr's convention — ``fn(img, img2, **opt)`` on uint8 HWC BGR arrays, one image
 at a time — unless marked ``tensor_input = True`` (float RGB tensors in [0, 1], (1, C, H, W)) and, in addition,
-``batched = True`` ((B, C, H, W) in, (B,) out). Metrics always see the un-padded output the caller passes.
+``batched = True`` ((B, C, H, W) in, (B,) out). Metrics always see the un-padded output the caller passes,
+rounded to 8-bit levels (``quantize``), i.e. exactly what the saved PNG gives to ``tools/evaluate.py``.
 """
 import difflib
 import inspect
@@ -106,6 +107,10 @@ def build_metric(name, opt, where='val.metrics', device='cpu'):
                       'use a registered metric (psnr_y, ssim_y, calculate_psnr, ...) or a pyiqa name'))
 
 
+def _to_8bit(x):
+    return (x.detach().float().clamp(0, 1) * 255.0).round() / 255.0
+
+
 class MetricSet:
     """Per-image metrics accumulated over a set of images; ``results()`` gives the means.
 
@@ -113,7 +118,8 @@ class MetricSet:
     are float RGB tensors (B, C, H, W) in [0, 1]. ``per_image`` holds ``(name, {metric: value})``.
     """
 
-    def __init__(self, metrics_opt, where='val.metrics', device='cpu'):
+    def __init__(self, metrics_opt, where='val.metrics', device='cpu', quantize=True):
+        self.quantize = quantize
         if metrics_opt is not None and not isinstance(metrics_opt, dict):
             raise OptionError(f'{where}: expected a mapping of metric name -> options, '
                               f'got {type(metrics_opt).__name__}')
@@ -121,9 +127,9 @@ class MetricSet:
         self.per_image = []  # [(image name, {metric: value})]
 
     @classmethod
-    def from_metrics(cls, metrics):
+    def from_metrics(cls, metrics, quantize=True):
         """A new, empty accumulator over already built :class:`Metric` objects (``{name: Metric}``)."""
-        obj = cls(None)
+        obj = cls(None, quantize=quantize)
         obj.metrics = dict(metrics)
         return obj
 
@@ -141,7 +147,15 @@ class MetricSet:
         return self.metrics[name].full_reference
 
     def score(self, output, gt=None, names=None):
-        """Values of every metric for a batch, without recording them: ``{metric: (B,) tensor}``."""
+        """Values of every metric for a batch, without recording them: ``{metric: (B,) tensor}``.
+
+        With ``quantize`` (the default) images are first rounded to 8-bit levels, so a network output scores what
+        its saved PNG scores in tools/evaluate.py (papers evaluate saved images; pyiqa's metrics round only after
+        their own colour conversion, which would differ).
+        """
+        if self.quantize:
+            output = _to_8bit(output)
+            gt = None if gt is None else _to_8bit(gt)
         out = {}
         for metric_name, metric in self.metrics.items():
             try:

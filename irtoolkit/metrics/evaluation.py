@@ -97,15 +97,17 @@ def evaluate_folders(methods, gt_folder, metrics_opt, device='cpu', batch_size=8
     """
     if not methods:
         raise ValueError('no method folder to evaluate')
-    metric_set = MetricSet(metrics_opt, where='metrics', device=device)
+    # quantize=False: 8-bit files are 8-bit already, and 16-bit files keep their precision
+    metric_set = MetricSet(metrics_opt, where='metrics', device=device, quantize=False)
     fr = [m for m in metric_set.names if metric_set.is_full_reference(m)]
     if fr and not gt_folder:
         raise ValueError(f'full-reference metrics {", ".join(fr)} need a ground-truth folder')
     names, gt_paths, method_paths, report = match_folders(methods, gt_folder)
     rows = list(methods) + ([GT_ROW] if gt_row and gt_folder else [])
-    sets = {m: MetricSet.from_metrics(metric_set.metrics) for m in methods}
+    sets = {m: MetricSet.from_metrics(metric_set.metrics, quantize=False) for m in methods}
     if GT_ROW in rows:  # the ground truth scored by the no-reference metrics, as a reference row
-        sets[GT_ROW] = MetricSet.from_metrics({k: v for k, v in metric_set.metrics.items() if not v.full_reference})
+        sets[GT_ROW] = MetricSet.from_metrics({k: v for k, v in metric_set.metrics.items() if not v.full_reference},
+                                              quantize=False)
 
     def paths_for(n):
         return ([gt_paths[n]] if gt_paths else []) + [p[n] for p in method_paths.values() if n in p]

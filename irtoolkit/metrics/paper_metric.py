@@ -15,7 +15,6 @@ Registered in basicsr's ``METRIC_REGISTRY`` as ``psnr_rgb``, ``psnr_y``, ``ssim_
 import math
 
 import torch
-import torch.nn.functional as F
 
 from irtoolkit.utils.registry import METRIC_REGISTRY
 
@@ -54,27 +53,46 @@ def psnr(img, img2, crop_border=0, test_y_channel=False):
     return torch.where(mse == 0, torch.full_like(mse, math.inf), 10.0 * torch.log10(255.0 ** 2 / mse))
 
 
-def _gaussian_window(device):
-    # cv2.getGaussianKernel(11, 1.5): exp(-(i - 5)^2 / (2 * 1.5^2)), normalised to sum 1
-    k = torch.exp(-(torch.arange(11, dtype=torch.float64, device=device) - 5) ** 2 / (2 * 1.5 ** 2))
-    k = k / k.sum()
-    return torch.outer(k, k)
+def gaussian_kernel_1d(size=11, sigma=1.5, device=None):
+    """Normalised 1-D Gaussian, float64 (cv2.getGaussianKernel(11, 1.5); its outer product is MATLAB's fspecial)."""
+    k = torch.exp(-(torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2) ** 2 / (2 * sigma ** 2))
+    return k / k.sum()
+
+
+def gaussian_filter_valid(x, kernel):
+    """'valid' 2-D filtering of (B, C, H, W) with the separable window ``outer(kernel, kernel)``.
+
+    Same values as ``F.conv2d`` with the 2-D window (up to float64 rounding), ~20x faster on a CPU: float64
+    convolutions take a slow path, while this is 2 x len(kernel) fused multiply-adds over shifted views.
+    """
+    n = kernel.numel()
+    w = x.shape[-1] - n + 1
+    k = kernel.tolist()
+    rows = x[..., 0:w] * k[0]
+    for i in range(1, n):
+        rows.add_(x[..., i:i + w], alpha=k[i])
+    h = rows.shape[-2] - n + 1
+    out = rows[..., 0:h, :] * k[0]
+    for i in range(1, n):
+        out.add_(rows[..., i:i + h, :], alpha=k[i])
+    return out
+
+
+def ssim_map_stats(a, b, c1, c2, kernel):
+    """SSIM ingredients of Wang et al. 2004 on float64 maps: (luminance term, contrast-structure term)."""
+    mu1, mu2 = gaussian_filter_valid(a, kernel), gaussian_filter_valid(b, kernel)
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s11 = gaussian_filter_valid(a * a, kernel) - mu1_sq
+    s22 = gaussian_filter_valid(b * b, kernel) - mu2_sq
+    s12 = gaussian_filter_valid(a * b, kernel) - mu12
+    return (2 * mu12 + c1) / (mu1_sq + mu2_sq + c1), (2 * s12 + c2) / (s11 + s22 + c2)
 
 
 def ssim(img, img2, crop_border=0, test_y_channel=False):
     """SSIM per image (mean over channels), (B,)."""
     a, b = _prepare(img, img2, crop_border, test_y_channel)
-    n, c, h, w = a.shape
-    win = _gaussian_window(a.device).expand(c, 1, 11, 11)
-
-    def blur(x):  # depthwise 'valid' filtering, the [5:-5, 5:-5] crop of BasicSR's cv2.filter2D
-        return F.conv2d(x, win, groups=c)
-
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu1, mu2 = blur(a), blur(b)
-    s11, s22, s12 = blur(a * a) - mu1 ** 2, blur(b * b) - mu2 ** 2, blur(a * b) - mu1 * mu2
-    ssim_map = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 ** 2 + mu2 ** 2 + c1) * (s11 + s22 + c2))
-    return ssim_map.mean(dim=(2, 3)).mean(dim=1)
+    lum, cs = ssim_map_stats(a, b, (0.01 * 255) ** 2, (0.03 * 255) ** 2, gaussian_kernel_1d(device=a.device))
+    return (lum * cs).mean(dim=(2, 3)).mean(dim=1)
 
 
 def _register(name, fn, y, doc):
