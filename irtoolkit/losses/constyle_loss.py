@@ -85,3 +85,15 @@ class StyleLoss(nn.Module):
         scale = 0.25 if self.mode == 'bounded' else 1.
         total = sum(F.mse_loss(self.gram(x), self.gram(y.detach())) for x, y in zip(a, b))
         return -self.loss_weight * scale * total
+
+
+@LOSS_REGISTRY.register()
+class LabelCrossEntropyLoss(nn.Module):
+    """``w * CE(logits (B, N), labels (B,))``: ConStyle v2's classification pretext task (here: which degradation)."""
+
+    def __init__(self, loss_weight=1.0, label_smoothing=0.0):
+        super().__init__()
+        self.loss_weight, self.label_smoothing = loss_weight, label_smoothing
+
+    def forward(self, logits, labels):
+        return self.loss_weight * F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
