@@ -22,19 +22,23 @@ _ITER = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+)')  # the runner's iteratio
 _LOSS = re.compile(r'(?<!\w)(l_\w+): ([-+0-9.eE]+|nan|inf)')
 
 
-def parse_log(path):
-    """{loss name: ([iters], [values])} from the runner's iteration lines."""
+def parse_log(paths):
+    """{loss name: ([iters], [values])} from the runner's iteration lines of one log or several (a run and its
+    resumed continuation, in order)."""
     curves = {}
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            m = _ITER.search(line)
-            if not m:
-                continue
-            it = int(m.group(1).replace(',', ''))
-            for name, val in _LOSS.findall(line):
-                xs, ys = curves.setdefault(name, ([], []))
-                xs.append(it)
-                ys.append(float(val))
+    lines = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        with open(path, encoding='utf-8') as f:
+            lines.extend(f)
+    for line in lines:
+        m = _ITER.search(line)
+        if not m:
+            continue
+        it = int(m.group(1).replace(',', ''))
+        for name, val in _LOSS.findall(line):
+            xs, ys = curves.setdefault(name, ([], []))
+            xs.append(it)
+            ys.append(float(val))
     return curves
 
 
@@ -45,6 +49,7 @@ def plot_curves(log, out, title=None, smooth=1):
     curves = parse_log(log)
     if not curves:
         raise ValueError(f'{log}: no loss lines found')
+    log = log if isinstance(log, str) else log[0]
     n = len(curves)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
@@ -112,7 +117,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='cmd', required=True)
     c = sub.add_parser('curves')
-    c.add_argument('--log', required=True)
+    c.add_argument('--log', required=True, nargs='+', help='training log(s); a resumed run: both, in order')
     c.add_argument('--out', required=True)
     c.add_argument('--title')
     c.add_argument('--smooth', type=int, default=1)
