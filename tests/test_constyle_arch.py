@@ -122,3 +122,15 @@ def test_plugin_block(tmp_path):
     from irtoolkit.utils.registry import OptionError
     with pytest.raises(OptionError, match='block_opt.scal'):
         build_network({'type': 'ConStyleUNet', **SMALL, 'block': 'TestConStyleGatedBlock', 'block_opt': {'scal': 1}})
+
+
+def test_kaiming_init_keeps_features_alive():
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    stds = {}
+    for init in ('torch', 'kaiming'):
+        torch.manual_seed(0)
+        enc = ConStyle(Train=False, init=init).encoder_q
+        stds[init] = float(enc.pool(enc.stage4(enc.stage3(enc.stage2(enc.stage1(x))))).std())
+    assert stds['torch'] < 1e-3 < 1e-2 < stds['kaiming']
+    with pytest.raises(ValueError, match='init'):
+        ConStyle(init='xavier')

@@ -97,3 +97,26 @@ def test_style_gradient_only_to_current_latents():
     assert a[0].grad is not None and b[0].grad is None
     with pytest.raises(ValueError, match='mode'):
         build_loss({'type': 'StyleLoss', 'mode': 'mse'})
+
+
+def test_label_cross_entropy_closed_form():
+    logits, labels = _rand(3, 4, seed=7), torch.tensor([0, 3, 1])
+    loss = build_loss({'type': 'LabelCrossEntropyLoss', 'loss_weight': 0.5})(logits, labels).item()
+    expected = sum(math.log(sum(math.exp(v) for v in row)) - row[lab] for row, lab in zip(logits.tolist(), [0, 3, 1]))
+    assert loss == pytest.approx(0.5 * expected / 3, rel=1e-9)
+
+
+def test_cyclic_cosine_schedule():
+    from irtoolkit.engine.schedulers import build_scheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+    sched = build_scheduler(opt, {'type': 'CosineAnnealingRestartCyclicLR', 'periods': [4, 8],
+                                  'restart_weights': [1, 1], 'eta_mins': [3e-4, 1e-6]})
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]['lr'])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([3e-4] * 5)  # constant first period (upstream's 243,312 iterations)
+    t = 6  # inside the second period, which starts after iteration 4
+    assert lrs[t] == pytest.approx(1e-6 + 0.5 * (3e-4 - 1e-6) * (1 + math.cos(math.pi * (t - 4) / 8)))
+    assert lrs[12] == pytest.approx(1e-6) and lrs[13] == pytest.approx(1e-6)

@@ -50,7 +50,7 @@ class ConStyleEncoder(nn.Module):
     ``logits`` is (B, num_classes) from the optional ConStyle v2 classification head, else None.
     """
 
-    def __init__(self, in_channels=3, num_classes=0):
+    def __init__(self, in_channels=3, num_classes=0, init='torch'):
         super().__init__()
         self.stage1 = nn.Sequential(ConvAct(in_channels, 16), ConvAct(16, 16), ConvAct(16, 32, stride=2))
         self.stage2 = nn.Sequential(ConvAct(32, 32), ConvAct(32, 64, stride=2))
@@ -62,6 +62,14 @@ class ConStyleEncoder(nn.Module):
         # v2's head: keys classifier.0 / classifier.3 (ReLU and Dropout in between carry no weights)
         self.classifier = nn.Sequential(nn.Linear(256, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
                                         nn.Linear(512, num_classes)) if num_classes else None
+        if init == 'kaiming':
+            # torch's default conv init shrinks the signal ~3x per layer: after 9 bias-free convs the pooled
+            # features are ~1e-4 of the input and the encoder barely learns; He init for LeakyReLU(0.1) keeps it O(1)
+            for mod in self.modules():
+                if isinstance(mod, nn.Conv2d):
+                    nn.init.kaiming_normal_(mod.weight, a=0.1, nonlinearity='leaky_relu')
+        elif init != 'torch':
+            raise ValueError(f'ConStyle: init must be "torch" (upstream) or "kaiming", got {init!r}')
 
     def forward(self, x):
         fea1 = self.stage1(x)
@@ -82,14 +90,17 @@ class ConStyle(nn.Module):
         ``dim`` latent size (128; the encoder's head is fixed at 128, other values are rejected), ``K`` queue length
         (any value >= 1; upstream needs K divisible by the batch size), ``m`` momentum, ``T`` temperature handed to
         the InfoNCE loss. Added: ``enqueue`` 'query' (upstream: the degraded image's latent) or 'key' (MoCo: the
-        clean image's momentum latent); ``num_classes`` > 0 adds v2's classification head; ``in_channels``.
+        clean image's momentum latent); ``num_classes`` > 0 adds v2's classification head; ``in_channels``;
+        ``init`` 'torch' (upstream: PyTorch's default) or 'kaiming' (He init of the convs: keeps the encoder's
+        features from vanishing; a loaded checkpoint replaces either).
 
     ``forward(x)`` -> ``(q, feas)`` of the query encoder (upstream's inference call). ``forward(im_q, im_k)`` ->
     :meth:`train_forward`. On several processes the enqueued latents are gathered from every rank first, so the
     queue stays identical everywhere.
     """
 
-    def __init__(self, Train=True, dim=128, K=65760, m=0.999, T=0.07, enqueue='query', num_classes=0, in_channels=3):
+    def __init__(self, Train=True, dim=128, K=65760, m=0.999, T=0.07, enqueue='query', num_classes=0, in_channels=3,
+                 init='torch'):
         super().__init__()
         if dim != 128:
             raise ValueError(f'ConStyle: dim must be 128 (the encoder head width), got {dim}')
@@ -103,9 +114,9 @@ class ConStyle(nn.Module):
             # buffers before children, like upstream, so state_dict order matches its checkpoints
             self.register_buffer('queue', torch.randn(dim, self.K))
             self.register_buffer('queue_ptr', torch.zeros(1, dtype=torch.long))
-        self.encoder_q = ConStyleEncoder(in_channels, num_classes)
+        self.encoder_q = ConStyleEncoder(in_channels, num_classes, init)
         if self.Train:
-            self.encoder_k = ConStyleEncoder(in_channels, num_classes)
+            self.encoder_k = ConStyleEncoder(in_channels, num_classes, init)
             self.encoder_k.load_state_dict(self.encoder_q.state_dict())
             self.encoder_k.requires_grad_(False)
 
