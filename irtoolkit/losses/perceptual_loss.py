@@ -23,6 +23,7 @@ from irtoolkit.utils.weights import TV_VGG16, TV_VGG19, find_weight, register_we
 
 VGG_FILES = {'vgg19': TV_VGG19.name, 'vgg16': TV_VGG16.name}
 _VGG_CFG = {'vgg16': (2, 2, 3, 3, 3), 'vgg19': (2, 2, 4, 4, 4)}  # conv layers per block
+_TV_CFG = {'vgg16': 'D', 'vgg19': 'E'}  # torchvision's names of the two configurations
 register_weights('loss PerceptualGramLoss (vgg19)', [TV_VGG19])
 register_weights('loss PerceptualGramLoss (vgg16)', [TV_VGG16])
 
@@ -45,7 +46,8 @@ def load_vgg_features(vgg_type='vgg19', weights_file=None, purpose=None):
     path = find_weight(weights_file or VGG_FILES[vgg_type], purpose or f'perceptual loss ({vgg_type})')
     state = torch.load(path, map_location='cpu', weights_only=True)
     state = state.get('params', state) if isinstance(state, dict) else state
-    features = getattr(torchvision.models, vgg_type)(weights=None).features
+    # only the convolutional trunk: building the whole model would initialise 120M unused classifier weights
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs[_TV_CFG[vgg_type]])
     feat_state = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')}
     if not feat_state:
         raise ValueError(f'{path}: no features.* keys; expected a torchvision {vgg_type} state dict')

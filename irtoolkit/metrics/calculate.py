@@ -169,7 +169,10 @@ class MetricSet:
         names = list(names) if names is not None else [str(len(self.per_image) + i) for i in range(len(output))]
         if len(names) != output.shape[0]:
             raise ValueError(f'{len(names)} names for a batch of {output.shape[0]} images')
-        scores = self.score(output, gt, names)
+        return self.record(names, self.score(output, gt, names))
+
+    def record(self, names, scores):
+        """Append per-image rows from ``score()``'s ``{metric: (B,) tensor}`` (computed here or elsewhere)."""
         rows = [{m: float(v[i]) for m, v in scores.items()} for i in range(len(names))]
         self.per_image.extend(zip(names, rows))
         return rows

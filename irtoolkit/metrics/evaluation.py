@@ -11,6 +11,7 @@ import math
 import os
 import os.path as osp
 from collections import OrderedDict, defaultdict
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -55,6 +56,26 @@ def _collate(items):
         idx = [i for i, it in enumerate(items) if m in it['methods']]
         methods[m] = (idx, torch.stack([items[i]['methods'][m] for i in idx]))
     return {'names': names, 'gt': gt, 'methods': methods}
+
+
+def _score_batch(batch, sets, gt_row, device):
+    """``{row: (names, {metric: (B,) tensor})}`` for one collated batch (in the main process or a worker)."""
+    dev = torch.device(device)
+    gt = batch['gt'].to(dev) if batch['gt'] is not None else None
+    out = {}
+    with torch.inference_mode():
+        for method, (idx, imgs) in batch['methods'].items():
+            names = [batch['names'][i] for i in idx]
+            out[method] = (names, sets[method].score(imgs.to(dev), gt[idx] if gt is not None else None, names))
+        if gt_row:
+            out[GT_ROW] = (batch['names'], sets[GT_ROW].score(gt, None, batch['names']))
+    return out
+
+
+def _collate_and_score(items, sets, gt_row, device):
+    # CPU evaluation scores inside the DataLoader workers: one single-threaded process per core, no OpenMP
+    # contention, and the main process only collects numbers
+    return {'scores': _score_batch(_collate(items), sets, gt_row, device)}
 
 
 def _size_batches(names, paths_for, batch_size):
@@ -113,23 +134,21 @@ def evaluate_folders(methods, gt_folder, metrics_opt, device='cpu', batch_size=8
         return ([gt_paths[n]] if gt_paths else []) + [p[n] for p in method_paths.values() if n in p]
 
     batches = _size_batches(names, paths_for, batch_size)
-    loader = DataLoader(MatchedImages(names, gt_paths, method_paths), batch_sampler=batches, collate_fn=_collate,
+    dev = torch.device(device)
+    in_workers = dev.type == 'cpu' and num_workers > 0
+    collate = partial(_collate_and_score, sets=sets, gt_row=GT_ROW in rows, device=device) if in_workers \
+        else _collate
+    loader = DataLoader(MatchedImages(names, gt_paths, method_paths), batch_sampler=batches, collate_fn=collate,
                         num_workers=num_workers, persistent_workers=False)
     n_images = sum(len(p) for p in method_paths.values()) + (len(names) if GT_ROW in rows else 0)
     if n_images == 0:
         raise ValueError('no image of any method folder matches a ground-truth image by name')
     bar = tqdm(total=n_images, unit='img', desc='evaluate', disable=not progress)
-    dev = torch.device(device)
-    with torch.inference_mode():
-        for batch in loader:
-            gt = batch['gt'].to(dev) if batch['gt'] is not None else None
-            for method, (idx, imgs) in batch['methods'].items():
-                sub_gt = gt[idx] if gt is not None else None
-                sets[method].update_batch(imgs.to(dev), sub_gt, [batch['names'][i] for i in idx])
-                bar.update(len(idx))
-            if GT_ROW in rows:
-                sets[GT_ROW].update_batch(gt, None, batch['names'])
-                bar.update(len(batch['names']))
+    for batch in loader:
+        scores = batch['scores'] if in_workers else _score_batch(batch, sets, GT_ROW in rows, device)
+        for row, (row_names, row_scores) in scores.items():
+            sets[row].record(row_names, row_scores)
+            bar.update(len(row_names))
     bar.close()
     return _summarise(metric_set, rows, sets, report, gt_folder)
 
