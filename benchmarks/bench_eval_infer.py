@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_eval_infer.py            # both parts
     python benchmarks/bench_eval_infer.py --part eval --metrics psnr ssim niqe
     python benchmarks/bench_eval_infer.py --part infer --sizes 1024 2048 --tiles 256 512
+    python benchmarks/bench_eval_infer.py --tiling-check OPTIONS.yml CKPT.pth IMAGE_FOLDER --tiles 128
 
 Evaluation: the same pyiqa metrics, the same image pairs (the demo validation sets if ``datasets/demo`` exists,
 else crops of scikit-image photos), scored twice in one process:
@@ -161,6 +162,40 @@ def bench_infer(sizes, tiles, overlap, tile_batch, untiled_max):
     return rows
 
 
+def tiling_check(opt_path, ckpt, folder, tile, overlap, limit=4):
+    """Tiled vs whole-image output of a trained network, plain and with NAFNet's channel-attention pooling fixed
+    to the whole-image statistics (which separates the network's global operation from the tiling itself)."""
+    import glob
+    import torch
+    import irtoolkit  # noqa: F401
+    from irtoolkit.inference.image_io import read_image
+    from irtoolkit.inference.loader import load_network, network_options
+    from irtoolkit.inference.tiling import tiled_forward
+    net, _ = load_network(network_options(opt_path), ckpt)
+    align = getattr(net, 'padder_size', 1)
+    pools = [m.sca[0] for m in net.modules() if hasattr(m, 'sca')]
+    print(f'\n{ckpt}: tile {tile}, overlap {overlap}, align {align}')
+    print('| image | mean abs diff | max abs diff | max diff, SCA pooling from the whole image |')
+    print('|---|---:|---:|---:|')
+    for path in sorted(glob.glob(osp.join(folder, '*.png')))[:limit]:
+        x = read_image(path)[None]
+        whole = {}
+        hooks = [p.register_forward_hook(lambda mod, inp, out: whole.__setitem__(mod, out)) for p in pools]
+        with torch.inference_mode():
+            full = net(x)
+            for h in hooks:
+                h.remove()
+            plain = tiled_forward(net, x, tile, overlap, align=align)
+            hooks = [p.register_forward_hook(lambda mod, inp, out: whole[mod].expand(inp[0].shape[0], -1, -1, -1))
+                     for p in pools]
+            fixed = tiled_forward(net, x, tile, overlap, align=align)
+            for h in hooks:
+                h.remove()
+        d = (plain - full).abs()
+        fixed_max = (fixed - full).abs().max().item() if pools else float('nan')
+        print(f'| {osp.basename(path)} | {d.mean().item():.2e} | {d.max().item():.2e} | {fixed_max:.2e} |')
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--part', choices=['eval', 'infer', 'all'], default='all')
@@ -173,10 +208,14 @@ def main(argv=None):
     p.add_argument('--overlap', type=int, default=32)
     p.add_argument('--tile-batch', type=int, default=1)
     p.add_argument('--untiled-max', type=int, default=1024, help='largest size also run without tiling')
+    p.add_argument('--tiling-check', nargs=3, metavar=('OPTIONS', 'CKPT', 'FOLDER'),
+                   help='also compare tiled and whole-image outputs of a trained network on FOLDER (--tiles[0])')
     p.add_argument('--worker', nargs=4, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return infer_worker(*args.worker)
+    if args.tiling_check:
+        return tiling_check(*args.tiling_check, tile=args.tiles[0], overlap=args.overlap)
     if args.part in ('eval', 'all'):
         bench_eval(args.metrics, args.batch_size, args.workers, args.repeats)
     if args.part in ('infer', 'all'):

@@ -13,6 +13,7 @@ Writes eval.md, eval.csv, per_image.csv and eval.json to ``--out`` and prints th
 """
 import argparse
 import inspect
+import os
 import os.path as osp
 import sys
 
@@ -99,7 +100,8 @@ def main(argv=None):
     p.add_argument('--out', help='output folder for eval.md / eval.csv / per_image.csv / eval.json')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:1 ...')
     p.add_argument('--batch-size', type=int, default=8)
-    p.add_argument('--workers', type=int, default=2, help='DataLoader workers reading images')
+    p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                   help='DataLoader workers reading (and on a CPU, scoring) images; 0 = all in this process')
     p.add_argument('--strict', action='store_true', help='fail when an image has no match')
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)

@@ -2,7 +2,8 @@
 
 ``evaluate_folders(methods, gt_folder, metrics_opt)`` matches every method folder to the ground truth by file
 stem (``0001.png`` <-> ``0001.jpg``), lists what is missing on either side, reads images in DataLoader workers,
-groups images of one size into batches and scores every method of a batch in one call per metric.
+groups images of one size into batches and scores every method of a batch in one call per metric. On a CPU the
+scoring runs in the workers too (one single-threaded process per core); on a GPU in the main process.
 Without ground truth only no-reference metrics are allowed. ``write_reports`` writes Markdown, CSV and JSON.
 """
 import csv
