@@ -139,6 +139,8 @@ def test_multi_grained_closed_form():
     e1 = math.exp(1 / TAU)
     show('MultiGrained feature InfoNCE', terms['feature'], -math.log(e1 / (e1 + 2 + 4)))
     assert terms['feature'].item() == pytest.approx(-math.log(e1 / (e1 + 2 + 4)), rel=1e-5)
+    _, terms = info({'feat': [q]}, {'feat': [q.clone()]}, {'feat': [None]})  # no external negatives: other patches
+    assert terms['feature'].item() == pytest.approx(-math.log(e1 / (e1 + 2)), rel=1e-5)
 
 
 def test_cluster_grained_closed_form():

@@ -69,8 +69,10 @@ class MultiGrainedContrastiveLoss(nn.Module):
         vals = []
         for ai, pi, ni in zip(a, p, n):
             if self.feature_mode == 'infonce':
-                mode = 'both' if self.internal_negatives else 'external'
+                mode = 'internal' if ni is None else ('both' if self.internal_negatives else 'external')
                 vals.append(patch_nce(ai, pi, ni, self.temperature, mode, 'image').mean())
+            elif ni is None:
+                raise ValueError('MultiGrainedContrastiveLoss: the ratio feature grain needs negatives')
             else:
                 pi = pi.detach()
                 vals.append((ai - pi).abs().mean() / ((ai - ni.detach()).abs().mean() + self.eps))
