@@ -91,7 +91,7 @@ class RestorationModel(BaseModel):
             return {}
         val_opt = self.opt.get('val') or {}
         dataset_name = dataloader.dataset.opt.get('name', 'val')
-        metrics = MetricSet(val_opt.get('metrics'))
+        metrics = MetricSet(val_opt.get('metrics'), device=self.device)
         show = val_opt.get('pbar', False)
         pbar = tqdm(total=len(dataloader), unit='image', desc=f'val {dataset_name}', disable=not show)
         for idx, data in enumerate(dataloader):
