@@ -104,7 +104,9 @@ def main():
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
         if proc.returncode or not lines:
-            print(f'| {name} | failed: {(proc.stderr.strip().splitlines() or ["?"])[-1]} |||||')
+            why = 'killed (SIGKILL: out of memory?)' if proc.returncode in (-9, 137) else \
+                (proc.stderr.strip().splitlines() or [f'exit {proc.returncode}'])[-1]
+            print(f'| {name} | failed: {why} |||||', flush=True)
             continue
         r = json.loads(lines[-1])
         print(f'| {name} | {r["params"]:,} | {r["it_s"]:.3f} | {r["s_it"]:.2f} | {r["peak_mib"]:.0f} | '
