@@ -87,6 +87,14 @@ def test_unpaired_sides_are_independent(demo):
     val = _make('UnpairedImageDataset', phase='val', **kw)
     assert [val[i]['gt_path'] for i in range(4)] == [val[i]['gt_path'] for i in range(4)]
     assert val[0]['gt'].shape == (3, 128, 128)
+    # several roots per side (domain adaptation on several degradations at once)
+    both = _make('UnpairedImageDataset', phase='val', io_backend={'type': 'lmdb'},
+                 dataroot_lq=[f'{demo}/{d}/unpaired_lq.lmdb' for d in ('haze', 'noise')],
+                 dataroot_gt=f'{demo}/haze/unpaired_gt.lmdb')
+    assert len(both) == 2 * len(val)
+    noise = _make('UnpairedImageDataset', phase='val', io_backend={'type': 'lmdb'},
+                  dataroot_lq=f'{demo}/noise/unpaired_lq.lmdb', dataroot_gt=f'{demo}/haze/unpaired_gt.lmdb')
+    assert torch.equal(both[0]['lq'], val[0]['lq']) and torch.equal(both[len(val)]['lq'], noise[0]['lq'])
 
 
 def test_multi_degradation_labels_and_balanced_batches(demo):

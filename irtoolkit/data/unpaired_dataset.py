@@ -1,6 +1,7 @@
 """Unpaired degraded / clean images (CycleGAN-style "unaligned" data for CDD-GAN and NLCL training).
 
-Options: ``dataroot_lq`` (degraded), ``dataroot_gt`` (clean), ``io_backend``, ``gt_size`` (crop of each side),
+Options: ``dataroot_lq`` (degraded), ``dataroot_gt`` (clean) — each a folder/LMDB or a list of them (e.g. haze,
+rain and blur sets together for domain adaptation) — ``io_backend``, ``gt_size`` (crop of each side),
 ``use_hflip``, ``use_rot``. The two sets are independent: their sizes and names may differ. In training the
 ``i``-th item takes LQ ``i mod N_lq`` and a uniformly random GT, each with its own crop and flip (as the
 unaligned datasets of CUT/NLCL do); in validation GT ``i mod N_gt`` is used so that runs are reproducible.
@@ -24,11 +25,8 @@ class UnpairedImageDataset(Dataset):
         for k in ('dataroot_lq', 'dataroot_gt'):
             if not opt.get(k):
                 raise ValueError(f'{self.name}: option {k} is missing')
-        self.lq = open_source(opt['dataroot_lq'], opt.get('io_backend'), f'{self.name} (LQ)')
-        self.gt = open_source(opt['dataroot_gt'], opt.get('io_backend'), f'{self.name} (GT)')
-        for src in (self.lq, self.gt):
-            if not len(src):
-                raise ValueError(f'{src.dataset}: no images in {src.root}')
+        self.lq = _open(opt['dataroot_lq'], opt.get('io_backend'), f'{self.name} (LQ)')
+        self.gt = _open(opt['dataroot_gt'], opt.get('io_backend'), f'{self.name} (GT)')
         self.train = opt.get('phase', 'train') == 'train'
         if self.train and not opt.get('gt_size'):
             raise ValueError(f'{self.name}: training needs gt_size (the crop size)')
@@ -49,3 +47,31 @@ class UnpairedImageDataset(Dataset):
         lq, lq_path = self._one(self.lq, lq_key)
         gt, gt_path = self._one(self.gt, self.gt.keys[gt_idx])
         return {'lq': lq, 'gt': gt, 'lq_path': lq_path, 'gt_path': gt_path}
+
+
+class _ConcatSource:
+    """Several sources read as one: keys are ``(source index, key)``; ``read``/``path_of`` dispatch."""
+
+    def __init__(self, sources):
+        self.sources = sources
+        self.keys = [(i, k) for i, src in enumerate(sources) for k in src.keys]
+        self.dataset = sources[0].dataset
+        self.root = [src.root for src in sources]
+
+    def __len__(self):
+        return len(self.keys)
+
+    def read(self, key):
+        return self.sources[key[0]].read(key[1])
+
+    def path_of(self, key):
+        return self.sources[key[0]].path_of(key[1])
+
+
+def _open(roots, io_backend, name):
+    roots = roots if isinstance(roots, (list, tuple)) else [roots]
+    sources = [open_source(r, io_backend, name if len(roots) == 1 else f'{name}[{i}]') for i, r in enumerate(roots)]
+    for src in sources:
+        if not len(src):
+            raise ValueError(f'{src.dataset}: no images in {src.root}')
+    return sources[0] if len(sources) == 1 else _ConcatSource(sources)
