@@ -49,6 +49,7 @@ class BaseModel:
         self.optimizers = OrderedDict()  # name -> optimizer
         self.schedulers = []
         self.log_dict = OrderedDict()
+        self.best_metric_results = {}  # dataset -> metric -> (best value, iter)
         self._unsaved = set()
         train_opt = opt.get('train') or {}
         amp = train_opt.get('amp') or {}
@@ -240,6 +241,26 @@ class BaseModel:
             s.load_state_dict(s_state)
         self.scaler.load_state_dict(state.get('scaler', {}))
         self.load_extra_state(state.get('extra', {}))
+
+    # ------------------------------------------------------------------ validation logging
+    def log_validation(self, dataset_name, results, metrics, current_iter, tb_logger, logger, count=None):
+        """Track the best value of each metric, log them and write them to TensorBoard.
+
+        ``metrics`` answers ``lower_is_better(name)`` (a MetricSet) or is None (higher is better for all).
+        """
+        best = self.best_metric_results.setdefault(dataset_name, {})
+        count = count if count is not None else f'{len(metrics.per_image)} images'
+        lines = [f'Validation {dataset_name} ({count})']
+        for m, v in results.items():
+            lower = metrics is not None and metrics.lower_is_better(m)
+            prev = best.get(m)
+            if prev is None or (v < prev[0] if lower else v > prev[0]):
+                best[m] = (v, current_iter)
+            lines.append(f'\t # {m}: {v:.4f}\tBest: {best[m][0]:.4f} @ {best[m][1]} iter')
+            if tb_logger is not None:
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{m}', v, current_iter)
+        if logger is not None:
+            logger.info('\n'.join(lines))
 
     # ------------------------------------------------------------------ interface for subclasses
     def feed_data(self, data):

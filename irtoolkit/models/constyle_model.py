@@ -23,7 +23,6 @@ from collections import OrderedDict
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from irtoolkit.models import constyle_lr  # noqa: F401  (registers the upstream LR schedule)
 from irtoolkit.models.base_model import bare
 from irtoolkit.models.restoration_model import RestorationModel
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss

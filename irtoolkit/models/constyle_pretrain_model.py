@@ -132,15 +132,6 @@ class ConStylePretrainModel(BaseModel):
                               cos_pos=float(sim.diag().mean()))
         if logits:
             results['cls_acc'] = float((torch.cat(logits).argmax(1) == torch.cat(labels)).float().mean())
-        name = dataloader.dataset.opt.get('name', 'val')
-        best = self.best_metric_results.setdefault(name, {})
-        lines = [f'Validation {name} ({len(zq)} pairs)']
-        for m, v in results.items():
-            if m not in best or v > best[m][0]:
-                best[m] = (v, current_iter)
-            lines.append(f'\t # {m}: {v:.4f}\tBest: {best[m][0]:.4f} @ {best[m][1]} iter')
-            if tb_logger is not None:
-                tb_logger.add_scalar(f'metrics/{name}/{m}', v, current_iter)
-        if logger is not None:
-            logger.info('\n'.join(lines))
+        self.log_validation(dataloader.dataset.opt.get('name', 'val'), results, None, current_iter, tb_logger, logger,
+                            count=f'{len(zq)} pairs')
         return results

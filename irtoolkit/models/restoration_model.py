@@ -23,7 +23,6 @@ class RestorationModel(BaseModel):
     def __init__(self, opt):
         super().__init__(opt)
         self.net_g = self.build_net('network_g')
-        self.best_metric_results = {}
         if self.is_train:
             self.init_training_settings()
 
@@ -120,20 +119,6 @@ class RestorationModel(BaseModel):
             path = osp.join(vis_root, dataset_name, f'{name}_{suffix or self.opt["name"]}.png')
         os.makedirs(osp.dirname(path), exist_ok=True)
         imwrite(tensor2img(image[:1].float()), path)
-
-    def log_validation(self, dataset_name, results, metrics, current_iter, tb_logger, logger):
-        best = self.best_metric_results.setdefault(dataset_name, {})
-        lines = [f'Validation {dataset_name} ({len(metrics.per_image)} images)']
-        for m, v in results.items():
-            lower = metrics.lower_is_better(m)
-            prev = best.get(m)
-            if prev is None or (v < prev[0] if lower else v > prev[0]):
-                best[m] = (v, current_iter)
-            lines.append(f'\t # {m}: {v:.4f}\tBest: {best[m][0]:.4f} @ {best[m][1]} iter')
-            if tb_logger is not None:
-                tb_logger.add_scalar(f'metrics/{dataset_name}/{m}', v, current_iter)
-        if logger is not None:
-            logger.info('\n'.join(lines))
 
 
 def _first(value, default):

@@ -153,7 +153,7 @@ def parse_options(opt_path, is_train=True, overrides=None, root_path=None):
         node = opt
         for k in keys.split('.')[:-1]:
             node = node.setdefault(k, {})
-        node[keys.split('.')[-1]] = yaml_load(value)
+        node[keys.split('.')[-1]] = yaml.load(value, Loader=_SafeLoader)  # a value, never a file to read
     where = f'{opt_path}: '
     for required in ('name', 'model_type'):
         if required not in opt:
