@@ -24,6 +24,7 @@ def small_recipe(data_root, name='nlcl', iters=20, **nlcl):
     opt['network_g'].update(width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
     opt['network_r'].update(nf=8, num_blocks=2)
     opt['network_d'].update(num_feat=8, num_layers=2)
+    opt['nlcl']['d_warmup_iter'] = 0  # the demo's warm-up is longer than these runs; tests opt in
     opt['nlcl'].update(location_encoder={'type': 'self', 'layers': ['intro', 'encoders.0', 'encoders.1']},
                        layer_encoder={'type': 'disc', 'layers': ['input', 'body.0', 'body.1']},
                        num_patches=16, num_rain=12, head={'out_dim': 16, 'hidden_dim': 16}, **nlcl)
@@ -60,12 +61,39 @@ def test_every_head_trains_and_d_is_fixed_in_g_step(tiny_data, in_tmp, rain_mode
 
 
 def test_trains_20_iters_with_finite_logged_losses(tiny_data, in_tmp):
-    run_train(['-opt', write_options(small_recipe(tiny_data, 'nlcl20'), in_tmp / 'nlcl20.yml')])
+    run_train(['-opt', write_options(small_recipe(tiny_data, 'nlcl20', d_warmup_iter=5), in_tmp / 'nlcl20.yml')])
     exp = in_tmp / 'experiments' / 'nlcl20'
     curves = parse_log(str(next(exp.glob('train_nlcl20_*.log'))))
-    for name in ('l_d', 'l_g_gan', 'l_location', 'l_layer', 'l_recon', 'l_fidelity', 'l_g_total'):
+    assert curves['l_d'][0] == list(range(1, 21)) and all(math.isfinite(v) for v in curves['l_d'][1])
+    for name in ('l_g_gan', 'l_location', 'l_layer', 'l_recon', 'l_fidelity', 'l_g_total'):  # G from iter 6 on
         iters, values = curves[name]
-        assert iters == list(range(1, 21)) and all(math.isfinite(v) for v in values), name
+        assert iters == list(range(6, 21)) and all(math.isfinite(v) for v in values), name
     for net in ('g', 'r', 'd', 'h_loc', 'h_bg', 'h_rain'):
         assert (exp / 'models' / f'net_{net}_latest.pth').is_file()
     assert set(torch.load(exp / 'training_states' / '20.state', weights_only=True)['optimizers']) == {'g', 'd', 'heads'}
+
+
+def test_identity_init_warmup_and_nonnegative_rain(tiny_data, in_tmp):
+    """``identity_init`` makes B = G_B(O) = O at step 0 (EMA too); during ``d_warmup_iter`` only D changes;
+    ``rain_activation: relu`` keeps the rain layer R >= 0 (rain only adds light)."""
+    m = build(tiny_data, in_tmp, identity_init=['ending'], d_warmup_iter=1, rain_activation='relu')
+    x = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.allclose(m.net_g(x), x) and torch.allclose(m.ema_networks['net_g'](x), x)
+        assert (m._rain(x, x) >= 0).all() and (m._rain(x, x) > 0).any()
+    g0 = [p.detach().clone() for p in m.net_g.parameters()]
+    d0 = [p.detach().clone() for p in m.net_d.parameters()]
+    m.feed_data({'lq': x, 'gt': torch.rand(2, 3, 40, 40)})
+    m.optimize_parameters(1)  # warm-up: D step only
+    assert all(torch.equal(a, b) for a, b in zip(m.net_g.parameters(), g0))
+    assert any(not torch.equal(a, b) for a, b in zip(m.net_d.parameters(), d0))
+    assert set(m.get_current_log()) == {'l_d'}
+    m.optimize_parameters(2)  # after it: G trains
+    assert any(not torch.equal(a, b) for a, b in zip(m.net_g.parameters(), g0))
+
+
+@pytest.mark.parametrize('bad', [{'identity_init': ['no_such_module']}, {'rain_activation': 'abs'}])
+def test_bad_options_fail_early(tiny_data, in_tmp, bad):
+    from irtoolkit.utils.registry import OptionError
+    with pytest.raises(OptionError, match='nlcl.' + next(iter(bad))):
+        build(tiny_data, in_tmp, **bad)

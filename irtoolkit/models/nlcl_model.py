@@ -29,13 +29,14 @@ from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads
 from irtoolkit.contrastive.samplers import build_sampler
 from irtoolkit.contrastive.training import embed_patches, set_requires_grad
+from irtoolkit.models.base_model import bare
 from irtoolkit.models.restoration_model import RestorationModel
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
 
 _NLCL_SCHEMA = {
     'rain_mode': str, 'location_encoder': dict, 'location_sampler': dict, 'location_guide': str,
     'num_patches': int, 'idt': bool, 'layer_encoder': dict, 'layer_sampler': dict, 'num_bg': int, 'num_rain': int,
-    'head': dict,
+    'head': dict, 'identity_init': list, 'rain_activation': str, 'd_warmup_iter': int,
 }
 
 
@@ -52,10 +53,17 @@ class NLCLModel(RestorationModel):
         where = f'{opt.get("opt_path", "")}: '
         nopt = opt.get('nlcl') or {}
         self.net_g.train()
+        self._identity_init(nopt.get('identity_init') or [], where)
         self.setup_ema('net_g')
         self.rain_mode = nopt.get('rain_mode', 'network')
         if self.rain_mode not in ('network', 'residual'):
             raise OptionError(f'{where}nlcl.rain_mode: expected network or residual, got {self.rain_mode!r}')
+        # D-only warm-up: a fresh critic needs a few hundred steps to tell thin rain streaks from clean texture;
+        # before that its gradient on B is about content, not rain, and only damages the identity-initialised G_B
+        self.d_warmup = int(nopt.get('d_warmup_iter', 0))
+        self.rain_act = nopt.get('rain_activation', 'none')
+        if self.rain_act not in ('none', 'relu'):
+            raise OptionError(f'{where}nlcl.rain_activation: expected none or relu, got {self.rain_act!r}')
         self.net_r = self.build_net('network_r', 'net_r') if self.rain_mode == 'network' else None
         self.net_d = self.build_net('network_d', 'net_d')
         self.num_patches = int(nopt.get('num_patches', 256))
@@ -98,11 +106,28 @@ class NLCLModel(RestorationModel):
                            'optim_heads')
         self.setup_schedulers()
 
+    def _identity_init(self, names, where):
+        """Zero the weights and biases of ``names`` (modules of G_B, e.g. NAFNet's ``ending``): with a global skip
+        G_B(O) = O at step 0, so B starts at the rainy input instead of the input plus a random conv's output (NAFNet's
+        default init puts the demo's B ~4 dB below O, and the EMA carries that for hundreds of iterations). Skipped
+        when ``path.pretrain_network_g`` loads weights."""
+        if not names or (self.opt.get('path') or {}).get('pretrain_network_g'):
+            return
+        modules = dict(bare(self.net_g).named_modules())
+        for name in names:
+            if name not in modules or not hasattr(modules[name], 'weight'):
+                raise OptionError(f'{where}nlcl.identity_init: {name!r} is not a module with weights of network_g')
+            with torch.no_grad():
+                for p in modules[name].parameters(recurse=False):
+                    p.zero_()
+
     def _rain(self, o, b):
         if self.net_r is None:
             return o - b
         with self.autocast():
-            return self.net_r(o).float()
+            r = self.net_r(o).float()
+        # rain only adds light (O = B + R, R >= 0): a signed R lets B + R = O hold with B brighter than O
+        return torch.relu(r) if self.rain_act == 'relu' else r
 
     def _loc_coords(self, o):
         guide = o if self.guide == 'image' else self.loc_encoder(o)[0]
@@ -119,9 +144,9 @@ class NLCLModel(RestorationModel):
     def optimize_parameters(self, current_iter):
         log = OrderedDict()
         o, y = self.lq, self.gt
-        with self.autocast():
+        warmup = current_iter <= self.d_warmup
+        with self.autocast(), torch.set_grad_enabled(not warmup):
             b = self.net_g(o).float()
-        r = self._rain(o, b)
         self.output = b
         gan = self.losses['gan']
 
@@ -132,6 +157,10 @@ class NLCLModel(RestorationModel):
         self.backward_step(l_d, 'd')
         log['l_d'] = l_d.detach()
         set_requires_grad(self.net_d, False)  # D is now a fixed critic and a fixed contrastive encoder
+        if warmup:
+            self.reduce_loss_dict(log)
+            return
+        r = self._rain(o, b)
 
         # G step
         self.optimizers['g'].zero_grad(set_to_none=True)
