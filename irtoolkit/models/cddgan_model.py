@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads, momentum_update
 from irtoolkit.contrastive.samplers import build_sampler
-from irtoolkit.contrastive.training import embed_patches, set_requires_grad
+from irtoolkit.contrastive.training import ddp_wrap, embed_patches, set_requires_grad
 from irtoolkit.losses.patch_nce_loss import patch_nce
+from irtoolkit.models.base_model import bare
 from irtoolkit.models.restoration_model import RestorationModel
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
 
@@ -90,7 +91,8 @@ class CDDGANModel(RestorationModel):
                 heads = PatchProjectionHeads(chans, **head_opt).to(self.device)
             except TypeError as err:
                 raise OptionError(f'{where}contrastive.head: {err}') from None
-            self.heads[d] = self.networks[f'net_f{sfx}'] = heads
+            self.heads[d] = self.networks[f'net_f{sfx}'] = ddp_wrap(heads, opt, self.device)
+            # copied after wrapping: DDP has broadcast rank 0's weights, so every rank's momentum copy starts equal
             self.heads_m[d] = self.networks[f'net_fm{sfx}'] = deepcopy(heads).requires_grad_(False)
             n_opt = opt.setdefault(f'network_n{sfx}', deepcopy(opt.get('network_n') or {'type': 'NegativeGenerator'}))
             n_opt['dims'] = heads.out_dims()
@@ -131,7 +133,7 @@ class CDDGANModel(RestorationModel):
 
     def _negatives(self, d, k_m):
         neg = self.neg_gens[d](k_m)
-        return self.neg_gens[d].with_queue(neg), neg
+        return bare(self.neg_gens[d]).with_queue(neg), neg
 
     def _coords(self, src):
         return self.sampler(src, self.num_patches)
@@ -192,7 +194,9 @@ class CDDGANModel(RestorationModel):
         set_requires_grad(list(self.neg_gens.values()), False)
         self.optimizers['g'].zero_grad(set_to_none=True)
         self.optimizers['f'].zero_grad(set_to_none=True)
-        total = sum(self.gan_loss(net_d(fake), True, is_disc=False) for net_d, _, fake in self._gan_pairs())
+        # frozen critics through their bare modules: a DDP forward whose parameters get no gradient would leave
+        # DDP waiting for that reduction
+        total = sum(self.gan_loss(bare(net_d)(fake), True, is_disc=False) for net_d, _, fake in self._gan_pairs())
         log['l_g_gan'] = total.detach()
         if self.cycle_loss is not None:
             with self.autocast():
@@ -247,9 +251,9 @@ class CDDGANModel(RestorationModel):
     def step_momentum(self, fresh_negs):
         """(4) Momentum heads, (5) queue of generated negatives."""
         for d in self.directions:
-            momentum_update(self.heads_m[d], self.heads[d], self.momentum)
+            momentum_update(self.heads_m[d], bare(self.heads[d]), self.momentum)
             if d in fresh_negs:
-                self.neg_gens[d].enqueue(fresh_negs[d])
+                bare(self.neg_gens[d]).enqueue(fresh_negs[d])
 
     def optimize_parameters(self, current_iter):
         log = OrderedDict()

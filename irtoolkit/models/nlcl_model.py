@@ -28,7 +28,7 @@ import torch
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads
 from irtoolkit.contrastive.samplers import build_sampler
-from irtoolkit.contrastive.training import embed_patches, set_requires_grad
+from irtoolkit.contrastive.training import ddp_wrap, embed_patches, set_requires_grad
 from irtoolkit.models.base_model import bare
 from irtoolkit.models.restoration_model import RestorationModel
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
@@ -89,6 +89,9 @@ class NLCLModel(RestorationModel):
             self.h_rain = PatchProjectionHeads(layer_ch, **head_opt).to(self.device)
         except TypeError as err:
             raise OptionError(f'{where}nlcl.head: {err}') from None
+        # DDP-wrapped when distributed (no-op otherwise); checkpoints keep the bare key names
+        self.h_loc, self.h_bg, self.h_rain = (ddp_wrap(h, opt, self.device)
+                                              for h in (self.h_loc, self.h_bg, self.h_rain))
         self.networks.update(net_h_loc=self.h_loc, net_h_bg=self.h_bg, net_h_rain=self.h_rain)
         losses = {}
         for key in ('gan_opt', 'nlcl_opt', 'recon_opt', 'fidelity_opt'):
@@ -165,7 +168,9 @@ class NLCLModel(RestorationModel):
         # G step
         self.optimizers['g'].zero_grad(set_to_none=True)
         self.optimizers['heads'].zero_grad(set_to_none=True)
-        l_gan = gan(self.net_d(b), True, is_disc=False)
+        # the frozen critic through its bare module: a DDP forward whose parameters get no gradient would leave DDP
+        # waiting for that reduction
+        l_gan = gan(bare(self.net_d)(b), True, is_disc=False)
         q, k = self._loc_pair(o, b)
         q_idt = k_idt = None
         if self.idt:

@@ -36,7 +36,8 @@ from irtoolkit.contrastive.feature_tap import FeatureTap
 from irtoolkit.contrastive.heads import FeatureProjector
 from irtoolkit.contrastive.queue import EmbeddingQueue
 from irtoolkit.contrastive.samplers import RandomPatchSampler, gather
-from irtoolkit.contrastive.training import set_requires_grad
+from irtoolkit.contrastive.training import ddp_wrap, set_requires_grad
+from irtoolkit.models.base_model import bare
 from irtoolkit.models.restoration_model import RestorationModel
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss, build_network
 
@@ -46,6 +47,23 @@ _SCHEMA = {
     'image_positive': str, 'batch_negatives': bool, 'recon_weight': float, 'cluster_encoder': dict,
     'cluster_dim': int, 'queue_size': int,
 }
+
+
+class _Projectors(nn.ModuleDict):
+    """Per-layer projectors ``student`` [layer], ``teachers`` [teacher][layer] and ``inverse`` [teacher][layer]
+    (state-dict keys as a plain ``nn.ModuleDict``), applied in one ``forward`` so that a DDP wrapper sees every
+    use and synchronises their gradients."""
+
+    def forward(self, s_feats, t_feats):
+        """s_feats: student features per layer; t_feats: [teacher][layer] features. Returns student projections
+        [layer], teacher projections [teacher][layer] and the inverse projections' L1 reconstruction error."""
+        s_proj = [self['student'][i](f) for i, f in enumerate(s_feats)]
+        t_proj = [[self['teachers'][t][i](f) for i, f in enumerate(fs)] for t, fs in enumerate(t_feats)]
+        l_rec = 0
+        for t, fs in enumerate(t_feats):  # the inverse keeps every teacher's common-space code informative
+            for i, f in enumerate(fs):
+                l_rec = l_rec + (self['inverse'][t][i](t_proj[t][i]) - f).abs().mean()
+        return s_proj, t_proj, l_rec
 
 
 class _ClusterBank(nn.Module):
@@ -117,12 +135,11 @@ class UniRemovalModel(RestorationModel):
         s_ch = self.s_tap.channels(self._probe())
         t_chs = [tap.channels(self._probe()) for tap in self.t_taps]
         pc = int(uopt.get('proj_channels', 64))
-        self.proj = nn.ModuleDict({
+        self.proj = _Projectors({
             'student': nn.ModuleList(FeatureProjector(c, pc) for c in s_ch),
             'teachers': nn.ModuleList(nn.ModuleList(FeatureProjector(c, pc) for c in ch) for ch in t_chs),
             'inverse': nn.ModuleList(nn.ModuleList(FeatureProjector(pc, c) for c in ch) for ch in t_chs)})
-        self.proj = self.proj.to(self.device)
-        self.networks['net_proj'] = self.proj
+        self.proj = self.networks['net_proj'] = ddp_wrap(self.proj.to(self.device), self.opt, self.device)
         self.sampler = RandomPatchSampler(int(uopt.get('num_patches', 64)))
         self.feature_negatives = uopt.get('feature_negatives', 'other_teachers')
         if self.feature_negatives not in ('other_teachers', 'none'):
@@ -210,13 +227,12 @@ class UniRemovalModel(RestorationModel):
             log['l_pixel'] = self.losses['pixel'](out, gt)
             total = total + log['l_pixel']
         coords = self.sampler(x)
-        anchors, positives, negatives, l_rec = [], [], [], 0
+        anchors, positives, negatives = [], [], []
         n_teach = len(self.teachers)
-        for layer, f_s in enumerate(s_feats):
-            a = F.normalize(gather(self.proj['student'][layer](f_s.float()), coords), dim=-1)
-            proj_t = [self.proj['teachers'][t][layer](t_feats[t][layer]) for t in range(n_teach)]
-            for t in range(n_teach):  # inverse projection keeps every teacher's common-space code informative
-                l_rec = l_rec + (self.proj['inverse'][t][layer](proj_t[t]) - t_feats[t][layer]).abs().mean()
+        s_proj, t_proj, l_rec = self.proj([f.float() for f in s_feats], t_feats)
+        for layer in range(len(s_feats)):
+            a = F.normalize(gather(s_proj[layer], coords), dim=-1)
+            proj_t = [t_proj[t][layer] for t in range(n_teach)]
             emb_t = torch.stack([F.normalize(gather(p, coords), dim=-1) for p in proj_t])  # (T, B, P, D)
             positives.append(self._select(emb_t, idx))
             if self.feature_negatives == 'other_teachers' and n_teach > 1:
@@ -249,7 +265,7 @@ class UniRemovalModel(RestorationModel):
     def _init_stage2(self):
         where, uopt, train_opt = self.where, self.uopt, self.opt['train']
         self.net_d = self.build_net('network_d', 'net_d')
-        self.anchor_net = deepcopy(self.net_g).eval().requires_grad_(False)  # the stage-1 student, frozen
+        self.anchor_net = deepcopy(bare(self.net_g)).eval().requires_grad_(False)  # the stage-1 student, frozen
         try:
             self.cluster_encoder = build_encoder(uopt.get('cluster_encoder') or {'type': 'disc', 'layers': ['body.1']},
                                                  self.net_g, self.net_d, f'{where}uniremoval.cluster_encoder')
@@ -258,7 +274,7 @@ class UniRemovalModel(RestorationModel):
         self.cluster_encoder = self.cluster_encoder.to(self.device)
         chans = sum(self.cluster_encoder.channels())
         self.bank = _ClusterBank(chans, int(uopt.get('cluster_dim', 128)), int(uopt.get('queue_size', 256)))
-        self.bank = self.networks['net_cluster'] = self.bank.to(self.device)
+        self.bank = self.networks['net_cluster'] = ddp_wrap(self.bank.to(self.device), self.opt, self.device)
         self.losses = OrderedDict()
         for key in ('gan_opt', 'cluster_opt', 'consistency_opt'):
             if key in train_opt:
@@ -281,14 +297,14 @@ class UniRemovalModel(RestorationModel):
         self.backward_step(l_d, 'd')
         log['l_d'] = l_d
         set_requires_grad(self.net_d, False)
-        total = gan(self.net_d(out), True, is_disc=False)
+        total = gan(bare(self.net_d)(out), True, is_disc=False)  # frozen: no DDP reduction to wait for
         log['l_g_gan'] = total
         anchors = self.bank(self.cluster_encoder(out))
         with torch.no_grad():
             pos = self.bank(self.cluster_encoder(y))
             neg = self.bank(self.cluster_encoder(x))
-            pos_all = torch.cat((pos, self.bank.pos_queue.get()))
-            neg_all = torch.cat((neg, self.bank.neg_queue.get()))
+            pos_all = torch.cat((pos, bare(self.bank).pos_queue.get()))
+            neg_all = torch.cat((neg, bare(self.bank).neg_queue.get()))
         log['l_cluster'] = self.losses['cluster'](anchors, pos_all, neg_all)
         total = total + log['l_cluster']
         if 'consistency' in self.losses:
@@ -311,7 +327,7 @@ class UniRemovalModel(RestorationModel):
         self.backward_step(total, 'g')
         log['l_total'] = total
         if self.stage == 2:
-            self.bank.pos_queue.push(self._stage2_queues[0])
-            self.bank.neg_queue.push(self._stage2_queues[1])
+            bare(self.bank).pos_queue.push(self._stage2_queues[0])
+            bare(self.bank).neg_queue.push(self._stage2_queues[1])
         self.reduce_loss_dict(log)
         self.update_ema()

@@ -1,0 +1,74 @@
+"""Contrastive models under DDP: two CPU processes (gloo, torch.distributed.run) train NLCL, CDD-GAN and Uni-Removal
+stage 1 on *different* data per rank for a few steps; every trainable module (heads, projectors, negative
+generators included) must be DDP-wrapped and stay identical across ranks, and checkpoints keep bare key names."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from irtk_testutils import REPO
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+WORKER = r'''
+import json, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+sys.path.insert(0, sys.argv[1])
+from irtk_testutils import write_options
+from test_cddgan_model import small_recipe as cdd_recipe
+from test_nlcl_model import small_recipe as nlcl_recipe
+from test_uniremoval_model import stage1_recipe
+from irtoolkit.engine.runner import build_model
+from irtoolkit.models.base_model import bare
+from irtoolkit.utils.options import parse_options
+
+data, tmp, teachers = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+dist.init_process_group('gloo')
+rank = dist.get_rank()
+recipes = {'nlcl': (nlcl_recipe(data, d_warmup_iter=1), 40, {}),
+           'cddgan': (cdd_recipe(data), 32, {}),
+           'uni1': (stage1_recipe(data, teachers), 32, {'deg_type': ['rain', 'haze', 'blur']})}
+for name, (recipe, size, extra) in recipes.items():
+    opt = parse_options(write_options(recipe, f'{tmp}/{name}_{rank}.yml'), True)
+    opt.update(rank=rank, world_size=2, dist=True)
+    torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
+    m = build_model(opt)
+    for it in range(1, 4):
+        torch.manual_seed(100 * it + rank)  # different data per rank: only synchronised gradients agree
+        n = 3 if extra else 2
+        m.feed_data(dict(lq=torch.rand(n, 3, size, size), gt=torch.rand(n, 3, size, size), **extra))
+        m.optimize_parameters(it)
+    stepped = {id(p) for o in m.optimizers.values() for g in o.param_groups for p in g['params']}
+    for key, net in m.networks.items():
+        trainable = any(id(p) in stepped for p in net.parameters())
+        assert isinstance(net, DistributedDataParallel) == trainable, (name, key)
+        flat = torch.cat([p.detach().flatten() for p in bare(net).parameters()])
+        other = [torch.zeros_like(flat) for _ in range(2)]
+        dist.all_gather(other, flat)
+        assert torch.equal(other[0], other[1]), (name, key, (other[0] - other[1]).abs().max().item())
+        assert not any(k.startswith('module.') for k in bare(net).state_dict()), (name, key)
+    print(f'rank {rank} {name}: {len(m.networks)} networks in sync', flush=True)
+dist.destroy_process_group()
+'''
+
+
+def test_contrastive_models_synchronise_every_trainable_module(tiny_data, in_tmp):
+    from test_uniremoval_model import LABELS, NET
+    from irtoolkit.utils.registry import build_network
+    teachers = {}
+    for i, lab in enumerate(LABELS):  # random stand-in teachers, as in test_uniremoval_model
+        torch.manual_seed(100 + i)
+        net = build_network(NET)
+        teachers[lab] = str(in_tmp / f'teacher_{lab}.pth')
+        torch.save({'params': net.state_dict()}, teachers[lab])
+    (in_tmp / 'worker.py').write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29657',
+           str(in_tmp / 'worker.py'), TESTS, str(tiny_data), str(in_tmp), json.dumps(teachers)]
+    proc = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for name in ('nlcl', 'cddgan', 'uni1'):
+        assert out.count(f'{name}: ') == 2, out[-2000:]
