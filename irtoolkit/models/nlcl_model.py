@@ -19,6 +19,11 @@ background head's optimiser on the rain head); any batch size and crop size (vec
 coordinates); no hard-coded resume path; every term is logged (the release never prints the NCE term).
 Per iteration: D step, then G step (generators + heads; D frozen while used as encoder).
 
+Options beyond the release (defaults = its behaviour): ``identity_init`` (zero G_B's last layer so B = O at step 0),
+``rain_activation: relu`` (R >= 0: rain only adds light), ``d_warmup_iter`` (D-only steps first, so that the
+critic knows rain from clean texture before it steers G_B). Without the first and third the demo fell below its
+input (docs/contrastive.md, *Demo results*).
+
 Data: ``lq`` = rainy images O, ``gt`` = *unpaired* clean images (NLCL's trainA/trainB).
 """
 from collections import OrderedDict
