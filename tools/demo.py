@@ -63,8 +63,10 @@ def train_model(label, deg, data_root, iters, device):
     for split, dataset in opt['datasets'].items():
         for key in [k for k in dataset if k.startswith('dataroot')]:
             path = dataset[key].replace('datasets/demo', data_root).replace('/haze/', f'/{deg}/')
-            overrides.append(f'datasets.{split}.{key}={path}')
-        overrides.append(f'datasets.{split}.name={dataset["name"].replace("haze", deg)}')
+            if path != dataset[key]:
+                overrides.append(f'datasets.{split}.{key}={path}')
+        if deg != 'haze':
+            overrides.append(f'datasets.{split}.name={dataset["name"].replace("haze", deg)}')
     if iters:
         total = opt['train']['total_iter']
         overrides += [f'train.total_iter={iters}', f'logger.save_checkpoint_freq={iters}', f'val.val_freq={iters}']
