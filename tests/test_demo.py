@@ -16,3 +16,5 @@ def test_demo_pipeline_writes_report(in_tmp):
         assert row in report, report
     assert (out / 'grid.png').stat().st_size > 10_000 and (out / 'curves.png').is_file()
     assert len(list((out / 'restored' / 'ConStyleNAFNet').glob('*.png'))) == 8
+    curves = demo.parse_log_curves(str(in_tmp / 'experiments' / 'demo_ConStyleNAFNet_haze'))
+    assert [it for it, _ in curves['l_pixel']] == [1, 2] and 'l_infonce' in curves

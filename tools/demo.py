@@ -67,8 +67,9 @@ def train_model(label, deg, data_root, iters, device):
                 overrides.append(f'datasets.{split}.{key}={path}')
         if deg != 'haze':
             overrides.append(f'datasets.{split}.name={dataset["name"].replace("haze", deg)}')
+    total = opt['train']['total_iter']
+    overrides.append(f'logger.print_freq={max(1, (iters or total) // 40)}')  # ~40 points per training curve
     if iters:
-        total = opt['train']['total_iter']
         overrides += [f'train.total_iter={iters}', f'logger.save_checkpoint_freq={iters}', f'val.val_freq={iters}']
         if 'periods' in (opt['train'].get('scheduler') or {}):
             overrides.append(f'train.scheduler.periods=[{iters}]')
