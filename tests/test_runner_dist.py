@@ -1,5 +1,6 @@
 """Two CPU processes through torchrun (gloo) train, checkpoint and validate on rank 0."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -41,3 +42,26 @@ def test_slurm_launcher_reads_slurm_environment(tiny_data, in_tmp):
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     assert 'world size 2, launcher slurm' in outs[0]
     assert (in_tmp / 'experiments/slurm2/models/net_g_latest.pth').is_file()
+
+
+def test_sigterm_writes_a_checkpoint_then_resume_continues(tiny_data, in_tmp):
+    opt = tiny_options(tiny_data, 'term', 100000)
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=100000)
+    opt_path = write_options(opt, in_tmp / 'term.yml')
+    cmd = [sys.executable, os.path.join(REPO, 'irtoolkit/train.py'), '-opt', opt_path]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen(cmd, cwd=in_tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if 'iter:       3,' in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out[-2000:]
+    states = list((in_tmp / 'experiments/term/training_states').glob('*.state'))
+    assert len(states) == 1 and int(states[0].stem) >= 3
+    stopped_at = int(states[0].stem)
+    opt['train']['total_iter'] = stopped_at + 2
+    write_options(opt, in_tmp / 'term.yml')
+    done = subprocess.run(cmd + ['--auto_resume'], cwd=in_tmp, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert 'Resuming training from' in done.stdout and f'iter:{stopped_at + 2:8,d}' in done.stdout

@@ -191,11 +191,11 @@ def train(argv=None):
                 model.save(current_iter, epoch, batch_idx)
                 if rank == 0:
                     prune_checkpoints(opt['path']['models'], opt['path']['training_states'], keep)
-            if stopping:
+            if stopping:  # terminate as asked (exit status 143), but only after the checkpoint is on disk
                 logger.info('SIGTERM received: checkpoint written, stopping. Resume with --auto_resume.')
                 progress.close()
                 dist_util.cleanup()
-                return opt
+                raise SystemExit(128 + signal.SIGTERM)
             if val_freq and current_iter % val_freq == 0:
                 _validate(model, val_loaders, current_iter, tb_logger, opt, logger)
             t_data = time.time()
