@@ -54,8 +54,12 @@ dist.destroy_process_group()
 '''
 
 
+# the same small student/teachers as tests/test_uniremoval_model.py
+NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
+LABELS = ('haze', 'rain', 'blur')
+
+
 def test_contrastive_models_synchronise_every_trainable_module(tiny_data, in_tmp):
-    from test_uniremoval_model import LABELS, NET
     from irtoolkit.utils.registry import build_network
     teachers = {}
     for i, lab in enumerate(LABELS):  # random stand-in teachers, as in test_uniremoval_model
