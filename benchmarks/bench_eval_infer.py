@@ -170,7 +170,7 @@ def tiling_check(opt_path, ckpt, folder, tile, overlap, limit=4):
     import irtoolkit  # noqa: F401
     from irtoolkit.inference.image_io import read_image
     from irtoolkit.inference.loader import load_network, network_options
-    from irtoolkit.inference.tiling import tiled_forward
+    from irtoolkit.inference.tiling import tiled_forward, tiled_forward_whole_image_pooling
     net, _ = load_network(network_options(opt_path), ckpt)
     align = getattr(net, 'padder_size', 1)
     pools = [m.sca[0] for m in net.modules() if hasattr(m, 'sca')]
@@ -179,18 +179,9 @@ def tiling_check(opt_path, ckpt, folder, tile, overlap, limit=4):
     print('|---|---:|---:|---:|')
     for path in sorted(glob.glob(osp.join(folder, '*.png')))[:limit]:
         x = read_image(path)[None]
-        whole = {}
-        hooks = [p.register_forward_hook(lambda mod, inp, out: whole.__setitem__(mod, out)) for p in pools]
+        full, fixed = tiled_forward_whole_image_pooling(net, x, pools, tile=tile, overlap=overlap, align=align)
         with torch.inference_mode():
-            full = net(x)
-            for h in hooks:
-                h.remove()
             plain = tiled_forward(net, x, tile, overlap, align=align)
-            hooks = [p.register_forward_hook(lambda mod, inp, out: whole[mod].expand(inp[0].shape[0], -1, -1, -1))
-                     for p in pools]
-            fixed = tiled_forward(net, x, tile, overlap, align=align)
-            for h in hooks:
-                h.remove()
         d = (plain - full).abs()
         fixed_max = (fixed - full).abs().max().item() if pools else float('nan')
         print(f'| {osp.basename(path)} | {d.mean().item():.2e} | {d.max().item():.2e} | {fixed_max:.2e} |')

@@ -6,13 +6,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from irtk_testutils import REPO
 from torch import nn
 
 from irtoolkit.archs.nafnet_arch import NAFNet
 from irtoolkit.engine.checkpoint import atomic_save
 from irtoolkit.inference.image_io import read_image
-from irtoolkit.inference.tiling import axis_weights, tile_starts, tiled_forward
-from irtk_testutils import REPO
+from irtoolkit.inference.tiling import axis_weights, tile_starts, tiled_forward, tiled_forward_whole_image_pooling
 
 _spec = importlib.util.spec_from_file_location('irtk_infer_tool', osp.join(REPO, 'tools/infer.py'))
 infer_tool = importlib.util.module_from_spec(_spec)
@@ -86,18 +86,8 @@ def test_nafnet_tiled_within_1e3_any_size():
     image, what is left is the tiling itself: alignment, padding to the grid, blending."""
     net, x = _nafnet(), _photo(203, 317)  # not a multiple of the padder size
     pools = [m.sca[0] for m in net.modules() if hasattr(m, 'sca')]
-    whole = {}
-    hooks = [p.register_forward_hook(lambda mod, inp, out: whole.__setitem__(mod, out)) for p in pools]
-    with torch.inference_mode():
-        full = net(x)
-    for h in hooks:
-        h.remove()
-    hooks = [p.register_forward_hook(lambda mod, inp, out: whole[mod].expand(inp[0].shape[0], -1, -1, -1))
-             for p in pools]
-    with torch.inference_mode():
-        tiled = tiled_forward(net, x, tile=96, overlap=32, align=net.padder_size, batch_size=4)
-    for h in hooks:
-        h.remove()
+    full, tiled = tiled_forward_whole_image_pooling(net, x, pools, tile=96, overlap=32, align=net.padder_size,
+                                                    batch_size=4)
     assert tiled.shape == full.shape
     assert (tiled - full).abs().max().item() < 1e-3
 

@@ -116,3 +116,29 @@ def tiled_forward(net, img, tile=256, overlap=32, margin=None, align=1, batch_si
     bar.close()
     acc /= weight_sum
     return acc[None, :, :h * scale, :w * scale]
+
+
+def tiled_forward_whole_image_pooling(net, img, pools, **kwargs):
+    """Diagnostic: ``net(img)`` and :func:`tiled_forward` with the global-pooling modules ``pools`` fed their
+    whole-image outputs, so every tile sees the statistics of the full image. Returns ``(untiled, tiled)``.
+
+    It separates the tiling error (alignment, padding, blending) from a network's own dependence on global
+    statistics (NAFNet's channel attention pools the whole input). ``kwargs`` go to :func:`tiled_forward`.
+    """
+    whole = {}
+    hooks = [p.register_forward_hook(lambda mod, inp, out: whole.__setitem__(mod, out)) for p in pools]
+    try:
+        with torch.inference_mode():
+            full = net(img)
+    finally:
+        for h in hooks:
+            h.remove()
+    hooks = [p.register_forward_hook(lambda mod, inp, out: whole[mod].expand(inp[0].shape[0], -1, -1, -1))
+             for p in pools]
+    try:
+        with torch.inference_mode():
+            tiled = tiled_forward(net, img, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return full, tiled
