@@ -7,7 +7,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from irtoolkit.contrastive.samplers import gather
 
-__all__ = ['set_requires_grad', 'embed_patches', 'ddp_wrap']
+__all__ = ['set_requires_grad', 'embed_patches', 'discriminator_loss', 'ddp_wrap']
 
 # torch >= 2.14 deprecates ``broadcast_buffers`` for ``forward_sync_buffers``
 _NO_FORWARD_BUFFER_SYNC = ({'forward_sync_buffers': False}
@@ -26,6 +26,11 @@ def set_requires_grad(nets, flag):
 def embed_patches(feats, coords, heads):
     """Gather every layer's features at ``coords`` (B, P, 2) and project them: list of (B, P, D), unit norm."""
     return heads([gather(f, coords) for f in feats])
+
+
+def discriminator_loss(gan_loss, net_d, real, fake):
+    """The discriminator's GAN loss, real images as real and (detached) generated images as fake, halved."""
+    return 0.5 * (gan_loss(net_d(real), True, is_disc=True) + gan_loss(net_d(fake.detach()), False, is_disc=True))
 
 
 def ddp_wrap(net, opt, device):

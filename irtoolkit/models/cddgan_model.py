@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads, momentum_update
 from irtoolkit.contrastive.samplers import build_sampler
-from irtoolkit.contrastive.training import ddp_wrap, embed_patches, set_requires_grad
+from irtoolkit.contrastive.training import ddp_wrap, discriminator_loss, embed_patches, set_requires_grad
 from irtoolkit.losses.patch_nce_loss import patch_nce
 from irtoolkit.models.base_model import bare
 from irtoolkit.models.restoration_model import RestorationModel
@@ -161,8 +161,7 @@ class CDDGANModel(RestorationModel):
         self.optimizers['d'].zero_grad(set_to_none=True)
         l_d = 0
         for net_d, real, fake in self._gan_pairs():
-            l_d = l_d + 0.5 * (self.gan_loss(net_d(real), True, is_disc=True)
-                               + self.gan_loss(net_d(fake.detach()), False, is_disc=True))
+            l_d = l_d + discriminator_loss(self.gan_loss, net_d, real, fake)
         self.backward_step(l_d, 'd')
         log['l_d'] = l_d.detach()
         set_requires_grad([self.net_d, self.net_d_b], False)

@@ -33,7 +33,7 @@ import torch
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads
 from irtoolkit.contrastive.samplers import build_sampler
-from irtoolkit.contrastive.training import ddp_wrap, embed_patches, set_requires_grad
+from irtoolkit.contrastive.training import ddp_wrap, discriminator_loss, embed_patches, set_requires_grad
 from irtoolkit.models.base_model import bare
 from irtoolkit.models.restoration_model import RestorationModel
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
@@ -161,7 +161,7 @@ class NLCLModel(RestorationModel):
         # D step: clean images real, predicted backgrounds fake
         set_requires_grad(self.net_d, True)
         self.optimizers['d'].zero_grad(set_to_none=True)
-        l_d = 0.5 * (gan(self.net_d(y), True, is_disc=True) + gan(self.net_d(b.detach()), False, is_disc=True))
+        l_d = discriminator_loss(gan, self.net_d, y, b)
         self.backward_step(l_d, 'd')
         log['l_d'] = l_d.detach()
         set_requires_grad(self.net_d, False)  # D is now a fixed critic and a fixed contrastive encoder

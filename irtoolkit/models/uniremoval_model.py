@@ -36,7 +36,7 @@ from irtoolkit.contrastive.feature_tap import FeatureTap
 from irtoolkit.contrastive.heads import FeatureProjector
 from irtoolkit.contrastive.queue import EmbeddingQueue
 from irtoolkit.contrastive.samplers import RandomPatchSampler, gather
-from irtoolkit.contrastive.training import ddp_wrap, set_requires_grad
+from irtoolkit.contrastive.training import ddp_wrap, discriminator_loss, set_requires_grad
 from irtoolkit.models.base_model import bare
 from irtoolkit.models.restoration_model import RestorationModel
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss, build_network
@@ -293,7 +293,7 @@ class UniRemovalModel(RestorationModel):
         gan = self.losses['gan']
         set_requires_grad(self.net_d, True)
         self.optimizers['d'].zero_grad(set_to_none=True)
-        l_d = 0.5 * (gan(self.net_d(y), True, is_disc=True) + gan(self.net_d(out.detach()), False, is_disc=True))
+        l_d = discriminator_loss(gan, self.net_d, y, out)
         self.backward_step(l_d, 'd')
         log['l_d'] = l_d
         set_requires_grad(self.net_d, False)
