@@ -38,6 +38,7 @@ SCRIPT = textwrap.dedent('''
         assert torch.equal(parts[0], parts[1]), key
     assert int(state['ConStyle.queue_ptr']) == (3 * 2 * 2) % 10
     open(f'queue_ok_{rank}', 'w').close()  # a file: the two ranks' stdout may interleave
+    dist.barrier()  # gloo aborts ('terminate called without an active exception') if a rank tears down early
     dist.destroy_process_group()
 ''')
 

@@ -50,6 +50,7 @@ for name, (recipe, size, extra) in recipes.items():
         assert torch.equal(other[0], other[1]), (name, key, (other[0] - other[1]).abs().max().item())
         assert not any(k.startswith('module.') for k in bare(net).state_dict()), (name, key)
     print(f'rank {rank} {name}: {len(m.networks)} networks in sync', flush=True)
+dist.barrier()  # gloo aborts if a rank tears down while the other is still in a collective
 dist.destroy_process_group()
 '''
 

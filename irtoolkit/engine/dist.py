@@ -103,5 +103,8 @@ def reduce_mean(value):
 
 
 def cleanup():
+    """Tear the process group down once every rank got here: gloo aborts the process ('terminate called without
+    an active exception') when one rank destroys the group while another is still using it."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
