@@ -107,7 +107,7 @@ def test_label_cross_entropy_closed_form():
 
 
 def test_cyclic_cosine_schedule():
-    from irtoolkit.engine.schedulers import build_scheduler
+    from irtoolkit.utils.optim import build_scheduler
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
     sched = build_scheduler(opt, {'type': 'CosineAnnealingRestartCyclicLR', 'periods': [4, 8],
                                   'restart_weights': [1, 1], 'eta_mins': [3e-4, 1e-6]})

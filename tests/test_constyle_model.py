@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from irtoolkit.engine.checkpoint import atomic_save
+from irtoolkit.utils.checkpoint import atomic_save
 from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.runner import build_model, set_random_seed
 from irtoolkit.models.base_model import bare

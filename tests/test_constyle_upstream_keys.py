@@ -9,7 +9,7 @@ import os.path as osp
 import pytest
 import torch
 
-from irtoolkit.engine.checkpoint import atomic_save
+from irtoolkit.utils.checkpoint import atomic_save
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.registry import build_network
 

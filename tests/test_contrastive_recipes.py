@@ -6,7 +6,8 @@ import os.path as osp
 import pytest
 from irtk_testutils import REPO
 
-from irtoolkit.utils.options import BASE_SCHEMA, check_options, merge_schema, yaml_load
+from irtoolkit.utils.options import BASE_SCHEMA, yaml_load
+from irtoolkit.utils.schema import check_options, merge_schema
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
 
 RECIPES = sorted(glob.glob(osp.join(REPO, 'options/train/CDDGAN/*.yml')) +

@@ -10,7 +10,7 @@ from irtk_testutils import REPO
 from torch import nn
 
 from irtoolkit.archs.nafnet_arch import NAFNet
-from irtoolkit.engine.checkpoint import atomic_save
+from irtoolkit.utils.checkpoint import atomic_save
 from irtoolkit.inference.image_io import read_image
 from irtoolkit.inference.tiling import axis_weights, tile_starts, tiled_forward, tiled_forward_whole_image_pooling
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from irtk_testutils import REPO
 
-from irtoolkit.engine.schedulers import build_optimizer, build_scheduler
+from irtoolkit.utils.optim import build_optimizer, build_scheduler
 from irtoolkit.metrics.calculate import MetricSet
-from irtoolkit.utils.options import BASE_SCHEMA, check_options, merge_schema, yaml_load
+from irtoolkit.utils.options import BASE_SCHEMA, yaml_load
+from irtoolkit.utils.schema import check_options, merge_schema
 from irtoolkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, build_loss, get_from_registry,
                                       load_plugins)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irtoolkit.engine.dist import all_gather_cat
+from irtoolkit.utils.dist import all_gather_cat
 from irtoolkit.utils.registry import ARCH_REGISTRY
 
 

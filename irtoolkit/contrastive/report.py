@@ -80,7 +80,7 @@ def psnr_vs_input(opt_path, ckpt, lq_dir, gt_dir, per_image=False, net_key='netw
     import irtoolkit  # noqa: F401  (basicsr compatibility patches first, then the archs register)
     from basicsr.metrics import calculate_psnr
     from basicsr.utils import img2tensor, tensor2img
-    from irtoolkit.engine.checkpoint import safe_load
+    from irtoolkit.utils.checkpoint import safe_load
     from irtoolkit.utils.options import yaml_load
     from irtoolkit.utils.registry import build_network, load_plugins
     opt = yaml_load(opt_path)

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from irtoolkit.engine import dist as dist_util
-from irtoolkit.engine.checkpoint import latest_training_state, prune_checkpoints, safe_load, set_rng_state
+from irtoolkit.utils import dist as dist_util
+from irtoolkit.utils.checkpoint import latest_training_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.logging import TrainProgress, get_logger, init_tb_logger
 from irtoolkit.utils.options import copy_options, dict2str, parse_options

@@ -7,7 +7,7 @@ map) handles its own keys, exactly as :meth:`irtoolkit.models.base_model.BaseMod
 """
 import os.path as osp
 
-from irtoolkit.engine.checkpoint import safe_load
+from irtoolkit.utils.checkpoint import safe_load
 from irtoolkit.utils.options import yaml_load
 from irtoolkit.utils.registry import OptionError, build_network, load_plugins
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from irtoolkit.engine.checkpoint import atomic_save, get_rng_state, safe_load
-from irtoolkit.engine.dist import get_dist_info, reduce_mean
-from irtoolkit.engine.schedulers import build_optimizer, build_scheduler
+from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, safe_load
+from irtoolkit.utils.dist import get_dist_info, reduce_mean
+from irtoolkit.utils.optim import build_optimizer, build_scheduler
 from irtoolkit.utils.registry import OptionError, build_network
 
 

@@ -14,7 +14,7 @@ and the queue when the network is built with ``Train: false``. A checkpoint with
 """
 import logging
 
-from irtoolkit.engine.checkpoint import safe_load
+from irtoolkit.utils.checkpoint import safe_load
 from irtoolkit.models.base_model import bare
 from irtoolkit.models.constyle_model import ConStyleModel
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError

@@ -1,50 +1,31 @@
-"""Options: read a YAML recipe safely, check every key and type, fill BasicSR's derived fields.
+"""Options: a recipe read safely (with its ``_base_`` files), overridden, checked against its model's schema and
+resolved into BasicSR's derived fields, in four named steps (:func:`parse_options` runs them in order).
 
-A wrong key or type fails here, before any data or network is built, with ``file: key: what was expected``.
-Methods add their own keys by giving their model class an ``OPTION_SCHEMA`` (merged into the base schema),
-so the runner knows nothing about any method.
+A wrong key or type fails in :func:`validate_options`, before any data or network is built, with
+``file: key: what was expected``. Methods add their own keys (with defaults and meanings) by giving their model
+class an ``OPTION_SCHEMA`` (merged into :data:`BASE_SCHEMA`), so the runner knows nothing about any method.
 """
 import os
 import os.path as osp
-import re
 import shutil
 import time
 from copy import deepcopy
 
 import yaml
 
-from irtoolkit.utils.registry import OptionError
+from irtoolkit.utils.recipe import SafeLoader, load_recipe, yaml_load
+from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, get_from_registry, load_plugins
+from irtoolkit.utils.schema import ANY, NUM, check_options, fill_defaults, merge_schema
 
-ANY = object()  # any value accepted (checked later by the builder that consumes it)
-
-
-class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` / ``2e5`` as numbers (plain YAML 1.1 reads them as strings)."""
-
-
-_SafeLoader.add_implicit_resolver(
-    'tag:yaml.org,2002:float',
-    re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$''', re.X), list('-+0123456789.'))
-
-
-def yaml_load(path_or_text):
-    """Parse YAML with a safe loader; a file path or a YAML string."""
-    if osp.isfile(str(path_or_text)):
-        with open(path_or_text, encoding='utf-8') as f:
-            return yaml.load(f, Loader=_SafeLoader)
-    return yaml.load(path_or_text, Loader=_SafeLoader)
+__all__ = ['BASE_SCHEMA', 'DATASET_SCHEMA', 'yaml_load', 'load_options', 'apply_overrides', 'validate_options',
+           'resolve_options', 'parse_options', 'model_schema', 'dict2str', 'copy_options']
 
 
 def _int_or_auto(v):
+    """an int or auto"""
     return (isinstance(v, int) and not isinstance(v, bool)) or v == 'auto'
 
 
-# A schema maps a key (or a regex in ``re:...``) to a type, a tuple of types, a nested schema (dict), a
-# predicate (callable) or ANY. ``None`` values are always accepted (YAML ``~`` means "unset").
-NUM = (int, float)
 DATASET_SCHEMA = {
     'name': str, 'type': str, 'phase': str, 'scale': int, 'io_backend': dict, 'batch_size_per_gpu': int,
     'num_worker_per_gpu': int, 'use_shuffle': bool, 'dataset_enlarge_ratio': int, 'prefetch_mode': str,
@@ -60,7 +41,7 @@ BASE_SCHEMA = {
     'path': {'re:^pretrain_network_\\w+$': str, 're:^strict_load_\\w+$': bool, 're:^param_key_\\w+$': str,
              'resume_state': str, 'experiments_root': str, 'results_root': str, 'models': str,
              'training_states': str, 'log': str, 'visualization': str, 'root': str},
-    'train': {'total_iter': int, 'warmup_iter': int, 'ema_decay': NUM, 'scheduler': dict,
+    'train': {'total_iter': int, 'warmup_iter': int, 'ema_decay': NUM, 'scheduler': dict, 'use_grad_clip': bool,
               're:^optim_\\w+$': dict, 're:^\\w+_opt$': dict, 'grad_clip': (NUM, dict),
               'amp': {'enabled': bool, 'dtype': lambda v: v in ('bf16', 'fp16', 'bfloat16', 'float16')}},
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
@@ -70,82 +51,13 @@ BASE_SCHEMA = {
 }
 
 
-def merge_schema(base, extra):
-    """Recursively merge ``extra`` (a model's OPTION_SCHEMA) into a copy of ``base``."""
-    out = dict(base)
-    for k, v in (extra or {}).items():
-        out[k] = merge_schema(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def load_options(opt_path):
+    """Step 1: the recipe at ``opt_path`` with its ``_base_`` files merged in (safe YAML)."""
+    return load_recipe(opt_path)
 
 
-def _expected(spec):
-    if isinstance(spec, tuple):
-        return ' or '.join(_expected(s) for s in spec)
-    if isinstance(spec, dict):
-        return 'a mapping'
-    if isinstance(spec, type):
-        return {NUM: 'a number'}.get(spec, spec.__name__)
-    return 'a valid value (see the docs)'
-
-
-def _matches(value, spec):
-    if spec is ANY or value is None:
-        return True
-    if isinstance(spec, tuple):
-        return any(_matches(value, s) for s in spec)
-    if isinstance(spec, dict):
-        return isinstance(value, dict)
-    if spec is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if spec is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(spec, type):
-        return isinstance(value, spec)
-    return bool(spec(value))
-
-
-def _lookup(schema, key):
-    if key in schema:
-        return schema[key]
-    for pattern, spec in schema.items():
-        if pattern.startswith('re:') and re.match(pattern[3:], key):
-            return spec
-    return None
-
-
-def check_options(opt, schema, where='', prefix=''):
-    """Raise OptionError on the first unknown key or wrongly-typed value."""
-    import difflib
-    for key, value in opt.items():
-        full = f'{prefix}{key}'
-        spec = _lookup(schema, str(key))
-        if spec is None:
-            known = [k for k in schema if not k.startswith('re:')]
-            close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
-            hint = f'did you mean {", ".join(close)}?' if close else f'known keys: {", ".join(sorted(known))}'
-            raise OptionError(f'{where}{full}: unknown option; {hint}')
-        if not _matches(value, spec):
-            raise OptionError(f'{where}{full}: expected {_expected(spec)}, got {type(value).__name__} {value!r}')
-        if isinstance(spec, dict) and isinstance(value, dict):
-            check_options(value, spec, where, full + '.')
-
-
-def parse_options(opt_path, is_train=True, overrides=None, root_path=None):
-    """Read and check ``opt_path``; fill phases, scale, paths and ``num_gpu`` like BasicSR's parse.
-
-    ``overrides`` are ``key.sub=value`` strings (values parsed as YAML), applied before the check.
-    """
-    if not osp.isfile(opt_path):
-        raise OptionError(f'{opt_path}: options file not found')
-    try:
-        opt = yaml_load(opt_path)
-    except yaml.YAMLError as err:
-        mark = getattr(err, 'problem_mark', None)
-        where = f'line {mark.line + 1}, column {mark.column + 1}: ' if mark else ''
-        problem = getattr(err, 'problem', None) or str(err).splitlines()[0]
-        raise OptionError(f'{opt_path}: not valid YAML: {where}{problem}') from None
-    if not isinstance(opt, dict):
-        raise OptionError(f'{opt_path}: expected a mapping at the top level, got {type(opt).__name__}')
+def apply_overrides(opt, overrides):
+    """Step 2: ``key.sub=value`` strings (``--force_yml``) written into ``opt``; values parsed as YAML."""
     for item in overrides or []:
         if '=' not in item:
             raise OptionError(f'--force_yml {item!r}: expected key.sub=value')
@@ -153,32 +65,69 @@ def parse_options(opt_path, is_train=True, overrides=None, root_path=None):
         node = opt
         for k in keys.split('.')[:-1]:
             node = node.setdefault(k, {})
-        node[keys.split('.')[-1]] = yaml.load(value, Loader=_SafeLoader)  # a value, never a file to read
+        node[keys.split('.')[-1]] = yaml.load(value, Loader=SafeLoader)  # a value, never a file to read
+    return opt
+
+
+def model_schema(model_type, where=''):
+    """BASE_SCHEMA merged with the ``OPTION_SCHEMA`` of the registered model ``model_type``."""
+    try:
+        model_cls = get_from_registry(MODEL_REGISTRY, model_type, 'model_type')
+    except OptionError as err:
+        raise OptionError(where + str(err).replace('model_type.type', 'model_type')) from None
+    return merge_schema(BASE_SCHEMA, getattr(model_cls, 'OPTION_SCHEMA', None))
+
+
+def validate_options(opt, opt_path):
+    """Step 3: required keys, plugins imported (they may register the model), every key and type checked against
+    the model's schema. Returns that schema."""
     where = f'{opt_path}: '
     for required in ('name', 'model_type'):
         if required not in opt:
             raise OptionError(f'{where}{required}: missing (required)')
-    # plugins first: a plugin may register the model whose schema we need
-    from irtoolkit.utils.registry import MODEL_REGISTRY, get_from_registry, load_plugins
     if not isinstance(opt.get('plugins', []), (list, str, type(None))):
         raise OptionError(f'{where}plugins: expected a list of modules or .py files')
     load_plugins(opt.get('plugins'), base_dir=osp.dirname(osp.abspath(opt_path)))
-    try:
-        model_cls = get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')
-    except OptionError as err:
-        raise OptionError(where + str(err).replace('model_type.type', 'model_type')) from None
-    schema = merge_schema(BASE_SCHEMA, getattr(model_cls, 'OPTION_SCHEMA', None))
+    schema = model_schema(opt['model_type'], where)
     check_options(opt, schema, where)
-
-    opt = deepcopy(opt)
-    opt['is_train'] = is_train
-    opt['opt_path'] = osp.abspath(opt_path)
-    opt.setdefault('scale', 1)
-    opt.setdefault('manual_seed', 0)
-    opt.setdefault('device', 'auto')
-    if opt['device'] not in ('auto', 'cpu', 'cuda'):
+    if opt.get('device', 'auto') not in ('auto', 'cpu', 'cuda'):
         raise OptionError(f'{where}device: expected auto, cpu or cuda, got {opt["device"]!r}')
-    import torch
+    return schema
+
+
+def resolve_options(opt, schema, opt_path, is_train=True, root_path=None):
+    """Step 4: a copy of ``opt`` with the schema's defaults, the device, dataset phases (paths checked now, not after
+    the model is built) and the experiment / results folders filled in, as BasicSR's parse does."""
+    where = f'{opt_path}: '
+    opt = fill_defaults(deepcopy(opt), schema)
+    opt.update(is_train=is_train, opt_path=osp.abspath(opt_path))
+    for key, value in (('scale', 1), ('manual_seed', 0), ('device', 'auto')):
+        opt.setdefault(key, value)
+    _resolve_device(opt, where)
+    for phase_key, dataset in (opt.get('datasets') or {}).items():
+        _resolve_dataset(dataset, phase_key, opt['scale'], where)
+    if is_train and 'train' not in (opt.get('datasets') or {}):
+        raise OptionError(f'{where}datasets.train: missing (a training recipe needs a train dataset)')
+    if is_train and not isinstance((opt.get('train') or {}).get('total_iter'), int):
+        raise OptionError(f'{where}train.total_iter: missing (an int)')
+    opt['root_path'] = osp.abspath(root_path or os.getcwd())
+    opt['path'] = opt.get('path') or {}
+    for k, v in list(opt['path'].items()):
+        if isinstance(v, str) and ('resume_state' in k or 'pretrain_network' in k or k.endswith('_root')):
+            opt['path'][k] = osp.expanduser(v)
+    (_resolve_train_outputs if is_train else _resolve_test_outputs)(opt)
+    return opt
+
+
+def parse_options(opt_path, is_train=True, overrides=None, root_path=None):
+    """Load, override, validate and resolve ``opt_path``: the options a run uses, fully resolved."""
+    opt = apply_overrides(load_options(opt_path), overrides)
+    schema = validate_options(opt, opt_path)
+    return resolve_options(opt, schema, opt_path, is_train, root_path)
+
+
+def _resolve_device(opt, where):
+    import torch  # late: option checks and --describe need no torch
     if opt.get('num_gpu', 'auto') == 'auto':
         opt['num_gpu'] = torch.cuda.device_count() if opt['device'] != 'cpu' else 0
     if opt['device'] == 'cpu':
@@ -186,50 +135,43 @@ def parse_options(opt_path, is_train=True, overrides=None, root_path=None):
     if opt['device'] == 'cuda' and not torch.cuda.is_available():
         raise OptionError(f'{where}device: cuda requested but torch.cuda.is_available() is False')
 
-    for phase_key, dataset in (opt.get('datasets') or {}).items():
-        if not isinstance(dataset, dict):
-            raise OptionError(f'{where}datasets.{phase_key}: expected a mapping')
-        dataset['phase'] = phase_key.split('_')[0]
-        dataset.setdefault('scale', opt['scale'])
-        if 'type' not in dataset:
-            raise OptionError(f'{where}datasets.{phase_key}.type: missing')
-        for k in [k for k in dataset if k.startswith('dataroot') or k == 'meta_info_file']:
-            paths = dataset[k] if isinstance(dataset[k], list) else [dataset[k]]
-            paths = [osp.expanduser(p) if isinstance(p, str) else p for p in paths]
-            dataset[k] = paths if isinstance(dataset[k], list) else paths[0]
-            for i, p in enumerate(paths):  # fail now, not after the model is built
-                if isinstance(p, str) and not osp.exists(p):
-                    idx = f'[{i}]' if isinstance(dataset[k], list) else ''
-                    raise OptionError(f'{where}datasets.{phase_key}.{k}{idx}: not found: {p}')
-    if is_train and 'train' not in (opt.get('datasets') or {}):
-        raise OptionError(f'{where}datasets.train: missing (a training recipe needs a train dataset)')
-    if is_train and not isinstance((opt.get('train') or {}).get('total_iter'), int):
-        raise OptionError(f'{where}train.total_iter: missing (an int)')
 
-    root = osp.abspath(root_path or os.getcwd())
-    opt['root_path'] = root
-    path = opt.setdefault('path', {}) or {}
-    opt['path'] = path
-    for k, v in list(path.items()):
-        if isinstance(v, str) and ('resume_state' in k or 'pretrain_network' in k or k.endswith('_root')):
-            path[k] = osp.expanduser(v)
-    if is_train:
-        exp = path.get('experiments_root') or osp.join(root, 'experiments', opt['name'])
-        path.update(experiments_root=exp, models=osp.join(exp, 'models'), log=exp,
-                    training_states=osp.join(exp, 'training_states'), visualization=osp.join(exp, 'visualization'))
-        opt.setdefault('logger', {})
-        opt['logger'] = opt['logger'] or {}
-        opt['logger'].setdefault('print_freq', 100)
-        opt['logger'].setdefault('save_checkpoint_freq', 5000)
-        opt['logger'].setdefault('use_tb_logger', True)
-        if 'debug' in opt['name']:
-            opt.setdefault('val', {})
-            opt['val']['val_freq'] = 8
-            opt['logger'].update(print_freq=1, save_checkpoint_freq=8)
-    else:
-        res = path.get('results_root') or osp.join(root, 'results', opt['name'])
-        path.update(results_root=res, log=res, visualization=osp.join(res, 'visualization'))
-    return opt
+def _resolve_dataset(dataset, phase_key, scale, where):
+    if not isinstance(dataset, dict):
+        raise OptionError(f'{where}datasets.{phase_key}: expected a mapping')
+    dataset['phase'] = phase_key.split('_')[0]
+    dataset.setdefault('scale', scale)
+    if 'type' not in dataset:
+        raise OptionError(f'{where}datasets.{phase_key}.type: missing')
+    for k in [k for k in dataset if k.startswith('dataroot') or k == 'meta_info_file']:
+        paths = dataset[k] if isinstance(dataset[k], list) else [dataset[k]]
+        paths = [osp.expanduser(p) if isinstance(p, str) else p for p in paths]
+        dataset[k] = paths if isinstance(dataset[k], list) else paths[0]
+        for i, p in enumerate(paths):
+            if isinstance(p, str) and not osp.exists(p):
+                idx = f'[{i}]' if isinstance(dataset[k], list) else ''
+                raise OptionError(f'{where}datasets.{phase_key}.{k}{idx}: not found: {p}')
+
+
+def _resolve_train_outputs(opt):
+    """BasicSR's layout: ``experiments/<name>/{models,training_states,visualization}``; logger defaults."""
+    path = opt['path']
+    exp = path.get('experiments_root') or osp.join(opt['root_path'], 'experiments', opt['name'])
+    path.update(experiments_root=exp, models=osp.join(exp, 'models'), log=exp,
+                training_states=osp.join(exp, 'training_states'), visualization=osp.join(exp, 'visualization'))
+    opt['logger'] = opt.get('logger') or {}
+    for key, value in (('print_freq', 100), ('save_checkpoint_freq', 5000), ('use_tb_logger', True)):
+        opt['logger'].setdefault(key, value)
+    if 'debug' in opt['name']:
+        opt['val'] = opt.get('val') or {}
+        opt['val']['val_freq'] = 8
+        opt['logger'].update(print_freq=1, save_checkpoint_freq=8)
+
+
+def _resolve_test_outputs(opt):
+    path = opt['path']
+    res = path.get('results_root') or osp.join(opt['root_path'], 'results', opt['name'])
+    path.update(results_root=res, log=res, visualization=osp.join(res, 'visualization'))
 
 
 def dict2str(opt, indent=1):
@@ -245,7 +187,8 @@ def dict2str(opt, indent=1):
 
 
 def copy_options(opt, dest_dir):
-    """Copy the recipe and write the fully-resolved options into the experiment folder (timestamped)."""
+    """Copy the recipe and write the fully resolved options (bases merged, defaults filled) into the experiment
+    folder, timestamped."""
     os.makedirs(dest_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d_%H%M%S")
     if opt.get('opt_path') and osp.isfile(opt['opt_path']):  # the recipe as written, next to the resolved one
