@@ -30,8 +30,9 @@ import sys
 import tempfile
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 
 NAFNET_W32 = {'type': 'NAFNet', 'img_channel': 3, 'width': 32, 'middle_blk_num': 12, 'enc_blk_nums': [2, 2, 4, 8],
               'dec_blk_nums': [2, 2, 2, 2]}
@@ -45,7 +46,7 @@ def make_pairs(root, n_synthetic=32):
     lq_dir, gt_dir = osp.join(root, 'lq'), osp.join(root, 'gt')
     os.makedirs(lq_dir)
     os.makedirs(gt_dir)
-    demo = osp.join(REPO, 'datasets', 'demo')
+    demo = osp.join(ROOT, 'datasets', 'demo')
     count = 0
     if osp.isdir(demo):
         for deg in sorted(os.listdir(demo)):
@@ -143,7 +144,7 @@ def bench_infer(sizes, tiles, overlap, tile_batch, untiled_max):
     configs = [(s, t) for s in sizes for t in tiles] + [(s, 0) for s in sizes if s <= untiled_max]
     for size, tile in configs:
         cmd = [sys.executable, osp.abspath(__file__), '--worker', str(size), str(tile), str(overlap), str(tile_batch)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
         if proc.returncode != 0 or not lines:
             print(f'size {size} tile {tile}: failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}')

@@ -23,7 +23,9 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 
 UPSTREAM_LOSSES = {'infonce_opt': {'type': 'QueueInfoNCELoss'}, 'content_opt': {'type': 'ContentLoss'},
                    'style_opt': {'type': 'StyleLoss'}}
@@ -42,7 +44,8 @@ def worker(name, device, batch, size, warmup, iters):
     import torch
 
     import irtoolkit  # noqa: F401  (registers everything)
-    from irtoolkit.engine.runner import build_model, set_random_seed
+    from irtoolkit.engine.runner import set_random_seed
+    from irtoolkit.utils.registry import build_model
     model_type, net, extra = MODELS[name]
     train = {'optim_g': {'type': 'AdamW', 'lr': 3e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]},
              'pixel_opt': {'type': 'L1Loss'}, 'ema_decay': 0.999, **extra}

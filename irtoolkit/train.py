@@ -6,11 +6,11 @@ if __package__ in (None, ''):  # run as a script: import the package, not the fi
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 import irtoolkit  # noqa: E402,F401  (applies compat patches and registers everything)
-from irtoolkit.engine.runner import train  # noqa: E402
+from irtoolkit.engine.runner import train, user_errors  # noqa: E402
 
 
 def main(argv=None):
-    train(argv)
+    user_errors(train, argv)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ import pytest
 import torch
 from irtk_testutils import REPO, write_options
 
-from irtoolkit.contrastive.report import parse_log
+from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.utils.options import parse_options, yaml_load

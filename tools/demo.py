@@ -18,16 +18,15 @@ import json
 import logging
 import os
 import os.path as osp
-import re
 import sys
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if __package__ in (None, ''):
-    sys.path[0] = ROOT
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 
 import irtoolkit  # noqa: E402,F401
-from irtoolkit.engine.logging import _TqdmHandler  # noqa: E402
+from irtoolkit.engine.logging import TqdmHandler, parse_log  # noqa: E402
 
 RECIPES = {'NAFNet': 'options/train/NAFNet/demo_NAFNet_haze.yml',
            'ConStyleNAFNet': 'options/train/ConStyle/demo_ConStyleNAFNet_haze.yml'}
@@ -83,27 +82,15 @@ def train_model(label, deg, data_root, iters, device):
     return dict(name=name, exp=exp, recipe=recipe, seconds=took, overrides=overrides)
 
 
-def parse_log_curves(exp):
-    """Iteration -> {loss: value} from the experiment's log lines (the runner's print_freq lines)."""
-    logs = sorted(f for f in os.listdir(exp) if f.startswith('train_') and f.endswith('.log'))
-    curves = {}
-    for line in open(osp.join(exp, logs[-1]), encoding='utf-8'):
-        m = re.search(r'iter:\s*([\d,]+),.*\] (l_.*)$', line)
-        if m:
-            it = int(m.group(1).replace(',', ''))
-            for key, value in re.findall(r'(l_\w+): ([-+\d.eE]+)', m.group(2)):
-                curves.setdefault(key, []).append((it, float(value)))
-    return curves
-
-
 def plot_curves(runs, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)
     for ax, (label, run) in zip(axes[0], runs.items()):
-        for key, points in parse_log_curves(run['exp']).items():
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+        logs = sorted(f for f in os.listdir(run['exp']) if f.startswith('train_') and f.endswith('.log'))
+        for key, (iters, values) in parse_log(osp.join(run['exp'], logs[-1])).items():
+            ax.plot(iters, values, label=key)
         ax.set_title(f'{label} training losses')
         ax.set_xlabel('iteration')
         ax.set_yscale('symlog', linthresh=1e-2)
@@ -147,7 +134,7 @@ def main(argv=None):
     deg, out = args.degradation, args.out
     os.makedirs(out, exist_ok=True)
     logger = logging.getLogger('irtoolkit')  # console: warnings only (the log files keep everything)
-    quiet = _TqdmHandler()
+    quiet = TqdmHandler()
     quiet.setLevel(logging.WARNING)
     logger.addHandler(quiet)
 

@@ -17,8 +17,9 @@ import os
 import os.path as osp
 import sys
 
-if __package__ in (None, ''):  # run as a script: import the package, not the files beside this one
-    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 
 import irtoolkit  # noqa: E402,F401  (compat patches, registrations, HF_HUB_OFFLINE)
 from irtoolkit.utils.options import yaml_load  # noqa: E402
@@ -111,9 +112,9 @@ def main(argv=None):
     if len(set(labels)) != len(labels):
         p.error(f'duplicate method labels: {labels}')
 
-    import torch
     from irtoolkit.metrics.evaluation import evaluate_folders, markdown_table, write_reports
-    device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device
+    from irtoolkit.utils.dist import pick_device
+    device = str(pick_device(args.device))
     try:
         result = evaluate_folders(dict(args.method), args.gt, build_metrics_opt(args), device=device,
                                   batch_size=args.batch_size, num_workers=args.workers, gt_row=args.gt_row,

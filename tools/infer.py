@@ -17,8 +17,9 @@ import os.path as osp
 import sys
 import time
 
-if __package__ in (None, ''):  # run as a script: import the package, not the files beside this one
-    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 
 import irtoolkit  # noqa: E402,F401  (compat patches and registrations)
 
@@ -68,14 +69,14 @@ def main(argv=None):
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
 
-    import torch
     from tqdm import tqdm
     from irtoolkit.inference.image_io import images_by_stem, read_image, write_image
     from irtoolkit.inference.loader import load_network, network_options
     from irtoolkit.inference.tiling import tiled_forward
+    from irtoolkit.utils.dist import pick_device
     from irtoolkit.utils.options import yaml_load
 
-    device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device)
+    device = pick_device(args.device)
     try:
         net_opt = network_options(args.opt) if args.opt else yaml_load(args.net)
         if not isinstance(net_opt, dict):

@@ -10,9 +10,9 @@ import os.path as osp
 import sys
 import time
 
-_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _ROOT not in sys.path:  # run as a script from anywhere; importable from tests without touching sys.path[0]
-    sys.path.insert(0, _ROOT)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 from irtoolkit.data.demo import DEMO_DEGRADATIONS, build_demo, save_montage  # noqa: E402
 
 

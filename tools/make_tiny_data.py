@@ -6,7 +6,9 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 from irtoolkit.data.tiny import make_tiny_pairs  # noqa: E402
 
 

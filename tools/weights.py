@@ -13,8 +13,9 @@ import json
 import os.path as osp
 import sys
 
-if __package__ in (None, ''):  # run as a script: import the package, not the files beside this one
-    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 
 import irtoolkit  # noqa: E402,F401  (registers the losses, which declare their files)
 from irtoolkit.utils.weights import ENV_VAR, REQUIREMENTS, weights_dir  # noqa: E402

@@ -7,13 +7,16 @@ buffer, so it is saved with the module that owns it and never receives gradients
 import torch
 from torch import nn
 
+from irtoolkit.utils.dist import all_gather_cat
+
 __all__ = ['EmbeddingQueue']
 
 
 class EmbeddingQueue(nn.Module):
     """Ring buffer of ``size`` vectors of dimension ``dim``.
 
-    ``push(x)``: (N, D) vectors, stored detached (oldest overwritten). ``get()``: (n_filled, D) in storage
+    ``push(x)``: (N, D) vectors from every rank (gathered when distributed), stored detached (oldest
+    overwritten). ``get()``: (n_filled, D) in storage
     order. ``len(queue)`` is the number of stored vectors.
     """
 
@@ -31,7 +34,8 @@ class EmbeddingQueue(nn.Module):
     def push(self, x):
         if self.size == 0:
             return
-        x = x.detach().reshape(-1, self.dim).to(self.data.dtype)
+        # every rank stores every rank's vectors: the queues stay equal across ranks (see utils.dist.wrap_ddp)
+        x = all_gather_cat(x.detach().reshape(-1, self.dim).contiguous()).to(self.data.dtype)
         if x.shape[0] >= self.size:
             x = x[-self.size:]
         n = x.shape[0]

@@ -1,7 +1,8 @@
-"""Log file, console, TensorBoard and the terminal progress bar."""
+"""Log file, console, TensorBoard and the terminal progress bar; and reading the loss curves back from a log."""
 import datetime
 import logging
 import os
+import re
 import sys
 import time
 
@@ -19,8 +20,8 @@ def get_logger(log_file=None, rank=0, level=logging.INFO):
     logger.setLevel(level)
     logger.propagate = False
     fmt = logging.Formatter('%(asctime)s %(levelname)s: %(message)s')
-    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
-        h = _TqdmHandler()
+    if not any(isinstance(h, TqdmHandler) for h in logger.handlers):
+        h = TqdmHandler()
         h.setFormatter(fmt)
         logger.addHandler(h)
     if log_file and not any(getattr(h, 'baseFilename', None) == os.path.abspath(log_file) for h in logger.handlers):
@@ -33,7 +34,7 @@ def get_logger(log_file=None, rank=0, level=logging.INFO):
     return logger
 
 
-class _TqdmHandler(logging.StreamHandler):
+class TqdmHandler(logging.StreamHandler):
     """Console handler that prints above an active tqdm bar instead of through it."""
 
     def __init__(self):
@@ -83,3 +84,27 @@ class TrainProgress:
 
     def close(self):
         self.bar.close()
+
+
+_ITER = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+)')  # the runner's iteration lines only
+_LOSS = re.compile(r'(?<!\w)(l_\w+): ([-+0-9.eE]+|nan|inf)')
+
+
+def parse_log(paths):
+    """{loss name: ([iters], [values])} from the runner's iteration lines of one log or several (a run and its
+    resumed continuation, in order)."""
+    curves = {}
+    lines = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        with open(path, encoding='utf-8') as f:
+            lines.extend(f)
+    for line in lines:
+        m = _ITER.search(line)
+        if not m:
+            continue
+        it = int(m.group(1).replace(',', ''))
+        for name, val in _LOSS.findall(line):
+            xs, ys = curves.setdefault(name, ([], []))
+            xs.append(it)
+            ys.append(float(val))
+    return curves

@@ -18,24 +18,30 @@ import time
 import numpy as np
 import torch
 
+from irtoolkit.engine.data import build_dataloader, build_dataset
+from irtoolkit.engine.describe import describe
+from irtoolkit.engine.logging import TrainProgress, get_logger, init_tb_logger
 from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_training_state, prune_checkpoints, safe_load, set_rng_state
-from irtoolkit.engine.data import build_dataloader, build_dataset
-from irtoolkit.engine.logging import TrainProgress, get_logger, init_tb_logger
+from irtoolkit.utils.dist import run_device
 from irtoolkit.utils.options import copy_options, dict2str, parse_options
-from irtoolkit.utils.registry import MODEL_REGISTRY, get_from_registry
+from irtoolkit.utils.registry import OptionError, build_model
 
 
 def parse_args(argv, is_train=True):
     p = argparse.ArgumentParser(description=f'irtoolkit {"training" if is_train else "testing"}')
-    p.add_argument('-opt', '--opt', required=True, help='path to the options YAML')
+    p.add_argument('-opt', '--opt', help='path to the options YAML')
+    p.add_argument('--describe', metavar='NAME', help='print the options of a registered model, arch or loss and exit')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0, help='set by old launchers; ignored')
     p.add_argument('--force_yml', nargs='+', default=None, help='override options: key.sub=value ...')
     if is_train:
         p.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
         p.add_argument('--debug', action='store_true', help='prefix the name with debug_ (print every iter)')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.opt and not args.describe:
+        p.error('the following arguments are required: -opt')
+    return args
 
 
 def set_random_seed(seed):
@@ -44,11 +50,8 @@ def set_random_seed(seed):
     torch.manual_seed(seed)
 
 
-def build_model(opt):
-    return get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')(opt)
-
-
-def _setup(args, is_train):
+def setup_run(args, is_train):
+    """Resolved options of ``args.opt`` (``--force_yml`` applied, ``debug_`` name), distributed init, torch flags."""
     opt = parse_options(args.opt, is_train, args.force_yml)
     if is_train and getattr(args, 'debug', False) and not opt['name'].startswith('debug'):
         opt = parse_options(args.opt, is_train, (args.force_yml or []) + [f'name=debug_{opt["name"]}'])
@@ -67,7 +70,7 @@ def _setup(args, is_train):
     return opt
 
 
-def _fresh_experiment_dir(opt):
+def fresh_experiment_dir(opt):
     """Archive an existing experiment folder of the same name (BasicSR's mkdir_and_rename), then create it."""
     exp = opt['path']['experiments_root']
     if osp.exists(exp):
@@ -77,7 +80,7 @@ def _fresh_experiment_dir(opt):
         os.makedirs(opt['path'][k], exist_ok=True)
 
 
-class _StopFlag:
+class StopFlag:
     """SIGTERM (SLURM pre-emption, ``kill``) asks for a checkpoint at the end of the current iteration."""
 
     def __init__(self):
@@ -98,8 +101,8 @@ class _StopFlag:
         return self.raised
 
 
-def _validate(model, val_loaders, current_iter, tb_logger, opt, logger):
-    # validation must not disturb the training RNG streams (exact resume)
+def validate(model, val_loaders, current_iter, tb_logger, opt, logger):
+    """Every validation set; the training RNG streams are left as they were (exact resume)."""
     py, npst = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         results = {}
@@ -112,115 +115,182 @@ def _validate(model, val_loaders, current_iter, tb_logger, opt, logger):
     return results
 
 
+class Trainer:
+    """The training loop with named steps: ``prepare`` (state, folders, logs, data, model), ``run`` (epochs of
+    ``train_step`` + ``after_step``: log, checkpoint, SIGTERM, validation), ``finish`` (final state, latest
+    weights, last validation). Models only see ``feed_data`` / ``optimize_parameters`` and the calls in
+    :mod:`irtoolkit.models.base_model`."""
+
+    def __init__(self, opt, auto_resume=False, launcher='none'):
+        self.opt, self.rank = opt, opt['rank']
+        self.auto_resume, self.launcher = auto_resume, launcher
+        self.epoch, self.current_iter, self.start_batch, self.batch_idx = 0, 0, 0, 0
+        self.total_iter = int(opt['train']['total_iter'])
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self):
+        opt = self.opt
+        self.resume_path = opt['path'].get('resume_state')
+        if self.auto_resume and not self.resume_path:
+            self.resume_path = latest_training_state(opt['path']['training_states'])
+        self.state = safe_load(self.resume_path) if self.resume_path else None
+        if self.rank == 0:
+            if self.state is None:
+                fresh_experiment_dir(opt)
+            copy_options(opt, opt['path']['experiments_root'])
+        dist_util.barrier()
+        self.prepare_logging()
+        set_random_seed(opt['manual_seed'] + self.rank)
+        self.prepare_data()
+        self.model = build_model(opt)
+        if self.state is not None:
+            self.restore()
+        self.progress = TrainProgress(opt, self.current_iter, self.tb_logger, self.logger,
+                                      self.rank == 0 and opt['logger'].get('progress_bar', sys.stderr.isatty()))
+        self.stop = StopFlag()
+
+    def prepare_logging(self):
+        opt = self.opt
+        log_file = osp.join(opt['path']['log'], f'train_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
+        self.logger = get_logger(log_file, self.rank)
+        self.logger.info(f'irtoolkit: torch {torch.__version__}, device {run_device(opt).type}, world size '
+                         f'{opt["world_size"]}, launcher {self.launcher}')
+        self.logger.info('options:\n' + dict2str(opt))
+        self.tb_logger = None
+        if self.rank == 0 and opt['logger'].get('use_tb_logger') and 'debug' not in opt['name']:
+            self.tb_logger = init_tb_logger(osp.join(opt['root_path'], 'tb_logger', opt['name']))
+
+    def prepare_data(self):
+        opt, seed = self.opt, self.opt['manual_seed']
+        use_cuda = run_device(opt).type == 'cuda'
+        self.train_opt = train_opt = opt['datasets']['train']
+        train_set = build_dataset(train_opt, 'datasets.train')
+        self.train_loader, self.sampler = build_dataloader(train_set, train_opt, 'train', opt['world_size'], self.rank,
+                                                           seed, use_cuda)
+        self.val_loaders = [build_dataloader(build_dataset(d, f'datasets.{k}'), d, 'val', 1, 0, seed, use_cuda)[0]
+                            for k, d in opt['datasets'].items() if k.startswith('val')]
+        per_epoch = len(self.train_loader)
+        self.logger.info(f'train set {train_opt.get("name")}: {len(train_set)} samples, batch '
+                         f'{train_opt["batch_size_per_gpu"]} x {opt["world_size"]} rank(s), {per_epoch} iters/epoch, '
+                         f'{self.total_iter} iters (~{math.ceil(self.total_iter / per_epoch)} epochs)')
+
+    def restore(self):
+        """Networks, optimisers, position in the epoch and RNG streams of the training state being resumed."""
+        self.model.resume_training(self.state)
+        self.epoch, self.current_iter = self.state['epoch'], self.state['iter']
+        self.start_batch = self.batch_idx = self.state.get('batch_in_epoch', 0)
+        set_rng_state(self.state['rng'])
+        self.logger.info(f'Resuming training from {self.resume_path}: epoch {self.epoch}, iter {self.current_iter}')
+        if self.start_batch >= len(self.train_loader):
+            self.epoch, self.start_batch = self.epoch + 1, 0
+
+    # ------------------------------------------------------------------ the loop
+    def run(self):
+        self.prepare()
+        if self.state is not None and self.current_iter >= self.total_iter:
+            self.logger.info(f'Training is complete: iter {self.current_iter} of {self.total_iter} (raise '
+                             'train.total_iter to continue).')
+            self.close()
+            return
+        self.logger.info(f'Start training from epoch: {self.epoch}, iter: {self.current_iter}')
+        while self.current_iter < self.total_iter:
+            self.train_epoch()
+        self.finish()
+
+    def train_epoch(self):
+        """Batches from the current position of the epoch; the epoch advances only when its loader is done."""
+        self.sampler.set_epoch(self.epoch, self.start_batch * self.train_opt['batch_size_per_gpu'])
+        self.batch_idx, self.start_batch = self.start_batch, 0
+        self.t_data = time.time()
+        for batch in self.train_loader:
+            self.train_step(batch)
+            self.after_step()
+            if self.current_iter >= self.total_iter:
+                return
+        self.epoch += 1
+
+    def train_step(self, batch):
+        data_time = time.time() - self.t_data
+        self.current_iter += 1
+        self.batch_idx += 1
+        self.model.update_learning_rate(self.current_iter, self.opt['train'].get('warmup_iter', -1))
+        self.model.feed_data(batch)
+        self.model.optimize_parameters(self.current_iter)
+        self.progress.update(self.current_iter, self.epoch, self.model.get_current_learning_rate(),
+                             self.model.get_current_log(), time.time() - self.t_data, data_time)
+
+    def after_step(self):
+        """Checkpoint (every ``save_checkpoint_freq`` and on SIGTERM, then exit 143), validation."""
+        save_freq = self.opt['logger'].get('save_checkpoint_freq')
+        stopping = self.stop.should_stop()
+        if (save_freq and self.current_iter % save_freq == 0) or stopping:
+            self.checkpoint()
+        if stopping:  # terminate as asked (exit status 143), but only after the checkpoint is on disk
+            self.logger.info('SIGTERM received: checkpoint written, stopping. Resume with --auto_resume.')
+            self.close()
+            raise SystemExit(128 + signal.SIGTERM)
+        if self.val_freq and self.current_iter % self.val_freq == 0:
+            validate(self.model, self.val_loaders, self.current_iter, self.tb_logger, self.opt, self.logger)
+        self.t_data = time.time()
+
+    @property
+    def val_freq(self):
+        return (self.opt.get('val') or {}).get('val_freq') if self.val_loaders else None
+
+    def checkpoint(self):
+        self.logger.info(f'Saving models and training states at iter {self.current_iter}.')
+        self.model.save(self.current_iter, self.epoch, self.batch_idx)
+        if self.rank == 0:
+            prune_checkpoints(self.opt['path']['models'], self.opt['path']['training_states'],
+                              self.opt['logger'].get('keep_last_checkpoints'))
+
+    def finish(self):
+        """The final training state (so a run can be extended), the latest weights and a last validation."""
+        self.logger.info('End of training. Saving the latest model.')
+        save_freq = self.opt['logger'].get('save_checkpoint_freq')
+        if not (save_freq and self.current_iter % save_freq == 0):
+            self.model.save(self.current_iter, self.epoch, self.batch_idx)
+        self.model.save('latest')
+        if self.val_freq and self.current_iter % self.val_freq != 0:
+            validate(self.model, self.val_loaders, self.current_iter, self.tb_logger, self.opt, self.logger)
+        self.close()
+
+    def close(self):
+        self.progress.close()
+        if self.tb_logger is not None:
+            self.tb_logger.close()
+        dist_util.cleanup()
+
+
+def user_errors(fn, argv=None):
+    """Run ``fn(argv)``; a wrong option ends with one line on stderr and exit status 2 (the traceback with
+    ``--debug`` or ``IRTK_TRACEBACK=1``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return fn(argv)
+    except OptionError as err:
+        if '--debug' in argv or os.environ.get('IRTK_TRACEBACK') == '1':
+            raise
+        print(f'error: {err}', file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def train(argv=None):
     args = parse_args(argv, True)
-    opt = _setup(args, True)
-    rank = opt['rank']
-    resume_path = opt['path'].get('resume_state')
-    if args.auto_resume and not resume_path:
-        resume_path = latest_training_state(opt['path']['training_states'])
-    state = safe_load(resume_path) if resume_path else None
-
-    if rank == 0:
-        if state is None:
-            _fresh_experiment_dir(opt)
-        copy_options(opt, opt['path']['experiments_root'])
-    dist_util.barrier()
-    log_file = osp.join(opt['path']['log'], f'train_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
-    logger = get_logger(log_file, rank)
-    device = 'cuda' if opt['num_gpu'] and torch.cuda.is_available() else 'cpu'
-    logger.info(f'irtoolkit: torch {torch.__version__}, device {device}, world size {opt["world_size"]}, '
-                f'launcher {args.launcher}')
-    logger.info('options:\n' + dict2str(opt))
-    tb_logger = None
-    if rank == 0 and opt['logger'].get('use_tb_logger') and 'debug' not in opt['name']:
-        tb_logger = init_tb_logger(osp.join(opt['root_path'], 'tb_logger', opt['name']))
-
-    seed = opt['manual_seed']
-    set_random_seed(seed + rank)
-    train_opt = opt['datasets']['train']
-    train_set = build_dataset(train_opt, 'datasets.train')
-    use_cuda = device == 'cuda'
-    train_loader, sampler = build_dataloader(train_set, train_opt, 'train', opt['world_size'], rank, seed, use_cuda)
-    val_loaders = []
-    for key, dopt in opt['datasets'].items():
-        if key.startswith('val'):
-            val_loaders.append(build_dataloader(build_dataset(dopt, f'datasets.{key}'), dopt, 'val', 1, 0, seed,
-                                                use_cuda)[0])
-    iters_per_epoch = len(train_loader)
-    total_iter = int(opt['train']['total_iter'])
-    logger.info(f'train set {train_opt.get("name")}: {len(train_set)} samples, batch {train_opt["batch_size_per_gpu"]}'
-                f' x {opt["world_size"]} rank(s), {iters_per_epoch} iters/epoch, {total_iter} iters '
-                f'(~{math.ceil(total_iter / iters_per_epoch)} epochs)')
-
-    model = build_model(opt)
-    epoch, current_iter, start_batch = 0, 0, 0
-    if state is not None:
-        model.resume_training(state)
-        epoch, current_iter, start_batch = state['epoch'], state['iter'], state.get('batch_in_epoch', 0)
-        set_rng_state(state['rng'])
-        logger.info(f'Resuming training from {resume_path}: epoch {epoch}, iter {current_iter}')
-        if start_batch >= iters_per_epoch:
-            epoch, start_batch = epoch + 1, 0
-
-    val_freq = (opt.get('val') or {}).get('val_freq') if val_loaders else None
-    save_freq = opt['logger'].get('save_checkpoint_freq')
-    keep = opt['logger'].get('keep_last_checkpoints')
-    warmup = opt['train'].get('warmup_iter', -1)
-    show_bar = rank == 0 and opt['logger'].get('progress_bar', sys.stderr.isatty())
-    progress = TrainProgress(opt, current_iter, tb_logger, logger, show_bar)
-    stop = _StopFlag()
-    logger.info(f'Start training from epoch: {epoch}, iter: {current_iter}')
-    t_data = time.time()
-    while current_iter < total_iter:
-        sampler.set_epoch(epoch, start_batch * train_opt['batch_size_per_gpu'])
-        batch_idx = start_batch
-        start_batch = 0
-        for batch in train_loader:
-            data_time = time.time() - t_data
-            current_iter += 1
-            batch_idx += 1
-            model.update_learning_rate(current_iter, warmup)
-            model.feed_data(batch)
-            model.optimize_parameters(current_iter)
-            progress.update(current_iter, epoch, model.get_current_learning_rate(), model.get_current_log(),
-                            time.time() - t_data, data_time)
-            stopping = stop.should_stop()
-            if (save_freq and current_iter % save_freq == 0) or stopping:
-                logger.info(f'Saving models and training states at iter {current_iter}.')
-                model.save(current_iter, epoch, batch_idx)
-                if rank == 0:
-                    prune_checkpoints(opt['path']['models'], opt['path']['training_states'], keep)
-            if stopping:  # terminate as asked (exit status 143), but only after the checkpoint is on disk
-                logger.info('SIGTERM received: checkpoint written, stopping. Resume with --auto_resume.')
-                progress.close()
-                dist_util.cleanup()
-                raise SystemExit(128 + signal.SIGTERM)
-            if val_freq and current_iter % val_freq == 0:
-                _validate(model, val_loaders, current_iter, tb_logger, opt, logger)
-            t_data = time.time()
-            if current_iter >= total_iter:
-                break
-        else:
-            epoch += 1
-            continue
-        break
-    progress.close()
-    logger.info('End of training. Saving the latest model.')
-    if not (save_freq and current_iter % save_freq == 0):
-        model.save(current_iter, epoch, batch_idx)  # the final state, so a run can be extended later
-    model.save('latest')
-    if val_freq and current_iter % val_freq != 0:
-        _validate(model, val_loaders, current_iter, tb_logger, opt, logger)
-    if tb_logger is not None:
-        tb_logger.close()
-    dist_util.cleanup()
+    if args.describe:
+        print(describe(args.describe))
+        return None
+    opt = setup_run(args, True)
+    Trainer(opt, args.auto_resume, args.launcher).run()
     return opt
 
 
 def test(argv=None):
     args = parse_args(argv, False)
-    opt = _setup(args, False)
+    if args.describe:
+        print(describe(args.describe))
+        return None
+    opt = setup_run(args, False)
     os.makedirs(opt['path']['results_root'], exist_ok=True)
     log_file = osp.join(opt['path']['log'], f'test_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
     logger = get_logger(log_file, opt['rank'])

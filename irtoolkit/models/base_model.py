@@ -1,14 +1,28 @@
-"""BaseModel: what every irtoolkit model shares (devices, DDP, EMA, AMP, optimisers, checkpoints).
+"""BaseModel: what every irtoolkit model shares, written once.
 
-A model owns its networks and optimisers; the runner owns the loop. The runner only calls::
+A model owns its networks and optimisers; the runner owns the loop and only calls::
 
     feed_data(batch); optimize_parameters(iter); update_learning_rate(iter, warmup_iter)
     get_current_log(); validation(loader, iter, tb_logger, save_img); save(iter, epoch, batch_in_epoch)
     resume_training(state)
 
-Subclasses register networks with :meth:`build_net` (saved as ``models/<name>_<iter>.pth`` with ``params``
-and, when EMA is on, ``params_ema``), optimisers with :meth:`add_optimizer`, and may extend the option schema
-through ``OPTION_SCHEMA`` (merged into :data:`irtoolkit.utils.options.BASE_SCHEMA`).
+Building a model runs, in order (a subclass overrides the steps it needs)::
+
+    setup_networks()                      # what inference needs (net_g), built with build_net
+    init_training_settings()              # training only:
+        setup_training_networks()         #   critics, heads, teachers ... (build_net / add_net)
+        setup_ema('net_g')                #   when train.ema_decay > 0
+        self.losses = setup_losses()      #   build_losses(required=..., optional=...)
+        setup_optimizers()                #   add_optimizer(name, params, 'optim_<x>')
+        setup_schedulers()
+
+so a method's model reads as its networks, its losses and what one iteration does. Networks: :meth:`build_net`
+(from options, trainable or frozen, saved or not, ``path.pretrain_network_*`` loaded) and :meth:`add_net` (modules
+built in code) wrap trainable networks for DDP with one rule (:func:`irtoolkit.utils.dist.wrap_ddp`); saved ones
+land in ``models/<name>_<iter>.pth`` with ``params`` and, with EMA, ``params_ema``. Keys, types, defaults and
+allowed values of a model's options live in its ``OPTION_SCHEMA`` (merged into
+:data:`irtoolkit.utils.options.BASE_SCHEMA`, defaults filled before the model is built). Validation on image pairs
+comes from :class:`~irtoolkit.models.validation.ImageValidation`.
 """
 import contextlib
 import os.path as osp
@@ -16,44 +30,43 @@ from collections import OrderedDict
 from copy import deepcopy
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, safe_load
-from irtoolkit.utils.dist import get_dist_info, reduce_mean
+from irtoolkit.models.validation import ImageValidation
+from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, load_checkpoint, read_state_dict
+from irtoolkit.utils.dist import bare, get_dist_info, reduce_mean, run_device, wrap_ddp
 from irtoolkit.utils.optim import build_optimizer, build_scheduler
-from irtoolkit.utils.registry import OptionError, build_network
+from irtoolkit.utils.registry import OptionError, build_loss, build_network
+from irtoolkit.utils.schema import fill_defaults
+
+__all__ = ['BaseModel', 'bare']
 
 
-def resolve_device(opt):
-    if opt.get('num_gpu', 0) and torch.cuda.is_available() and opt.get('device', 'auto') != 'cpu':
-        return torch.device('cuda', torch.cuda.current_device())
-    return torch.device('cpu')
-
-
-def bare(net):
-    """The module inside a DDP / DataParallel wrapper."""
-    return net.module if isinstance(net, (DistributedDataParallel, nn.DataParallel)) else net
-
-
-class BaseModel:
+class BaseModel(ImageValidation):
     OPTION_SCHEMA = {}
 
     def __init__(self, opt):
-        self.opt = opt
-        self.device = resolve_device(opt)
+        # resolved options already hold the schema's defaults; options built by hand (tests, benchmarks) get them
+        # here, on a copy: a model never writes into the options it was given
+        self.opt = fill_defaults(deepcopy(opt), self.OPTION_SCHEMA)
+        self.device = run_device(opt)
         self.is_train = opt['is_train']
         self.rank, self.world_size = get_dist_info()
-        self.networks = OrderedDict()  # save name -> network (possibly DDP-wrapped)
+        self.networks = OrderedDict()  # save name -> network (DDP-wrapped when distributed and trainable)
         self.ema_networks = OrderedDict()  # save name -> EMA copy (bare module)
         self.optimizers = OrderedDict()  # name -> optimizer
         self.schedulers = []
+        self.losses = OrderedDict()
         self.log_dict = OrderedDict()
         self.best_metric_results = {}  # dataset -> metric -> (best value, iter)
         self._unsaved = set()
-        train_opt = opt.get('train') or {}
+        self._setup_precision((opt.get('train') or {}) if self.is_train else {})
+        self.setup_networks()
+        if self.is_train:
+            self.init_training_settings()
+
+    def _setup_precision(self, train_opt):
         amp = train_opt.get('amp') or {}
-        self.amp_enabled = bool(amp.get('enabled', False)) and self.is_train
+        self.amp_enabled = bool(amp.get('enabled', False))
         self.amp_dtype = torch.float16 if amp.get('dtype', 'bf16') in ('fp16', 'float16') else torch.bfloat16
         use_scaler = self.amp_enabled and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
@@ -62,47 +75,83 @@ class BaseModel:
             clip = clip or 0.01
         self.grad_clip = dict(max_norm=float(clip)) if isinstance(clip, (int, float)) else clip
 
-    # ------------------------------------------------------------------ networks
-    def build_net(self, key='network_g', name=None, trainable=True, save=True):
-        """Build ``opt[key]``, load ``path.pretrain_<key>`` if set, move to the device, wrap in DDP if distributed.
+    # ------------------------------------------------------------------ the steps a model overrides
+    def setup_networks(self):
+        """Build the networks inference needs (a model with ``net_g`` builds it here)."""
 
-        ``trainable=False`` freezes it (eval mode, no grad, no DDP); ``save=False`` keeps it out of checkpoints
-        (e.g. frozen teachers that are always loaded from their own files).
+    def setup_training_networks(self):
+        """Build the networks only training needs (critics, heads, teachers)."""
+
+    def setup_losses(self):
+        """The losses of one iteration, by name: ``return self.build_losses(required=(...), optional=(...))``."""
+        return OrderedDict()
+
+    def setup_optimizers(self):
+        """``self.add_optimizer(name, params, 'optim_<x>')`` for every optimiser."""
+
+    def init_training_settings(self):
+        self.setup_training_networks()
+        if 'net_g' in self.networks:
+            self.setup_ema('net_g')
+        self.losses = self.setup_losses()
+        self.setup_optimizers()
+        self.setup_schedulers()
+
+    # ------------------------------------------------------------------ networks
+    def build_net(self, key='network_g', name=None, trainable=True, save=True, net_opt=None, args=None,
+                  checkpoint=None):
+        """Build the network of ``opt[key]`` (or ``net_opt``, reported as ``key``) and register it as ``name``.
+
+        ``args`` adds constructor arguments the model computes (e.g. sizes), without writing them into the options.
+        Weights: ``checkpoint`` (``{path, strict, param_key, key}``, ``key`` naming the option in errors) or else
+        ``path.pretrain_network_<suffix>``.
+        ``trainable=False`` freezes it (eval mode, no grad, no DDP); ``save=False`` keeps it out of checkpoints.
         """
-        if key not in self.opt:
+        net_opt = net_opt if net_opt is not None else self.opt.get(key)
+        if net_opt is None:
             raise OptionError(f'{self.opt.get("opt_path", "")}: {key}: missing (needed by {type(self).__name__})')
-        net = build_network(self.opt[key], key).to(self.device)
+        net = build_network({**net_opt, **(args or {})}, key)
         suffix = key[len('network_'):] if key.startswith('network_') else key
         path_opt = self.opt.get('path') or {}
-        load_path = path_opt.get(f'pretrain_network_{suffix}')
-        if load_path:
-            self.load_network(net, load_path, path_opt.get(f'strict_load_{suffix}', True),
-                              path_opt.get(f'param_key_{suffix}', 'params'))
+        if checkpoint is None and path_opt.get(f'pretrain_network_{suffix}'):
+            checkpoint = {'path': path_opt[f'pretrain_network_{suffix}'], 'key': f'path.pretrain_network_{suffix}',
+                          'strict': path_opt.get(f'strict_load_{suffix}', True),
+                          'param_key': path_opt.get(f'param_key_{suffix}', 'params')}
+        if checkpoint:
+            self.load_network(net, checkpoint['path'], checkpoint.get('strict', True),
+                              checkpoint.get('param_key', 'params'), f'{checkpoint.get("key", key)}: ')
+        return self.add_net(name or f'net_{suffix}', net, trainable, save)
+
+    def add_net(self, name, net, trainable=True, save=True):
+        """Register a module as network ``name``: on the device, frozen (eval, no grad) or wrapped for DDP."""
+        net = net.to(self.device)
         if not trainable:
-            net.requires_grad_(False)
-            net.eval()
-        if self.opt.get('dist') and trainable and any(p.requires_grad for p in net.parameters()):
-            ids = [self.device.index] if self.device.type == 'cuda' else None
-            net = DistributedDataParallel(net, device_ids=ids,
-                                          find_unused_parameters=self.opt.get('find_unused_parameters', False))
-        self.networks[name or f'net_{suffix}'] = net
+            net.requires_grad_(False).eval()
+        net = self.wrap(net)
+        self.networks[name] = net
         if not save:
-            self._unsaved.add(name or f'net_{suffix}')
+            self._unsaved.add(name)
         return net
 
-    def load_network(self, net, path, strict=True, param_key='params'):
-        """Load ``path`` (``weights_only``) into ``net``; ``param_key`` picks params / params_ema."""
-        state = safe_load(path)
-        if isinstance(state, dict) and param_key and param_key in state:
-            state = state[param_key]
-        elif isinstance(state, dict) and param_key and any(k in state for k in ('params', 'params_ema')):
-            raise KeyError(f'{path}: no {param_key!r} entry; has {", ".join(state)}')
-        state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
-        target = bare(net)
-        if hasattr(target, 'load_checkpoint_state'):  # archs with their own key handling (e.g. upstream renames)
-            return target.load_checkpoint_state(state, strict=strict)
-        result = target.load_state_dict(state, strict=strict)
-        return result
+    def wrap(self, net):
+        """``net`` (bare) in DDP when distributed and it has trainable parameters, else ``net`` itself."""
+        return wrap_ddp(bare(net), self.device, self.opt) if self.opt.get('dist') else bare(net)
+
+    def rewrap(self, name):
+        """Wrap network ``name`` again after its trainable parameters changed (DDP waits for every parameter it
+        was built with)."""
+        self.networks[name] = self.wrap(self.networks[name])
+        return self.networks[name]
+
+    def load_network(self, net, path, strict=True, param_key='params', where=''):
+        """Load ``path`` into ``net`` (``weights_only``; ``param_key`` picks params / params_ema / auto)."""
+        try:
+            return load_checkpoint(net, path, param_key, strict)
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            if not where:
+                raise
+            raise OptionError(f'{self.opt.get("opt_path", "")}: {where}cannot load {path}: '
+                              f'{str(err).splitlines()[0]}') from None
 
     def setup_ema(self, name='net_g'):
         """Keep an EMA copy of ``name`` when ``train.ema_decay > 0`` (BasicSR's option)."""
@@ -111,10 +160,8 @@ class BaseModel:
             return None
         ema = deepcopy(bare(self.networks[name])).eval().requires_grad_(False)
         load_path = (self.opt.get('path') or {}).get(f'pretrain_network_{name[4:]}')
-        if load_path:  # initialise from params_ema when the checkpoint has it
-            state = safe_load(load_path)
-            if isinstance(state, dict) and 'params_ema' in state:
-                self.load_network(ema, load_path, True, 'params_ema')
+        if load_path and read_state_dict(load_path, 'auto')[1] == 'params_ema':  # start from the file's EMA
+            self.load_network(ema, load_path, True, 'params_ema')
         self.ema_networks[name] = ema
         self.ema_decay = decay
         return ema
@@ -135,7 +182,22 @@ class BaseModel:
         """The network to use for validation/testing: the EMA copy if there is one, else the bare net."""
         return self.ema_networks.get(name) or bare(self.networks[name])
 
-    # ------------------------------------------------------------------ optimisation
+    # ------------------------------------------------------------------ losses and optimisation
+    def build_losses(self, required=(), optional=(), rest=False, exclude=()):
+        """Losses from ``train.<name>_opt``, by name: every ``required`` one (missing: one-line error), the
+        ``optional`` ones given, and with ``rest`` every other ``train.*_opt`` not in ``exclude`` (sorted)."""
+        train_opt = self.opt.get('train') or {}
+        for name in required:
+            if train_opt.get(f'{name}_opt') is None:
+                raise OptionError(f'{self.opt.get("opt_path", "")}: train.{name}_opt: missing '
+                                  f'(needed by {type(self).__name__})')
+        names = list(required) + list(optional)
+        if rest:
+            names += sorted(k[:-4] for k in train_opt
+                            if k.endswith('_opt') and k[:-4] not in names and k not in exclude)
+        return OrderedDict((n, build_loss(train_opt[f'{n}_opt'], f'train.{n}_opt').to(self.device))
+                           for n in names if train_opt.get(f'{n}_opt') is not None)
+
     def add_optimizer(self, name, params, key):
         """Build the optimiser from ``train.<key>`` over the parameters that require grad."""
         params = [p for p in params if p.requires_grad]
@@ -168,6 +230,10 @@ class BaseModel:
                 torch.nn.utils.clip_grad_norm_(group_params, **self.grad_clip)
             self.scaler.step(opt)
         self.scaler.update()
+
+    def zero_grad(self, *names):
+        for n in names:
+            self.optimizers[n].zero_grad(set_to_none=True)
 
     def update_learning_rate(self, current_iter, warmup_iter=-1):
         if current_iter > 1:
@@ -242,32 +308,6 @@ class BaseModel:
         self.scaler.load_state_dict(state.get('scaler', {}))
         self.load_extra_state(state.get('extra', {}))
 
-    # ------------------------------------------------------------------ validation logging
-    def log_validation(self, dataset_name, results, metrics, current_iter, tb_logger, logger, count=None):
-        """Track the best value of each metric, log them and write them to TensorBoard.
-
-        ``metrics`` answers ``lower_is_better(name)`` (a MetricSet) or is None (higher is better for all).
-        """
-        best = self.best_metric_results.setdefault(dataset_name, {})
-        count = count if count is not None else f'{len(metrics.per_image)} images'
-        lines = [f'Validation {dataset_name} ({count})']
-        for m, v in results.items():
-            lower = metrics is not None and metrics.lower_is_better(m)
-            prev = best.get(m)
-            if prev is None or (v < prev[0] if lower else v > prev[0]):
-                best[m] = (v, current_iter)
-            lines.append(f'\t # {m}: {v:.4f}\tBest: {best[m][0]:.4f} @ {best[m][1]} iter')
-            if tb_logger is not None:
-                tb_logger.add_scalar(f'metrics/{dataset_name}/{m}', v, current_iter)
-        if logger is not None:
-            logger.info('\n'.join(lines))
-
     # ------------------------------------------------------------------ interface for subclasses
-    def feed_data(self, data):
-        raise NotImplementedError
-
     def optimize_parameters(self, current_iter):
-        raise NotImplementedError
-
-    def validation(self, dataloader, current_iter, tb_logger=None, save_img=False):
-        raise NotImplementedError
+        raise NotImplementedError(f'{type(self).__name__}.optimize_parameters')

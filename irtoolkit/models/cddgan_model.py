@@ -28,92 +28,96 @@ import torch.nn.functional as F
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads, momentum_update
 from irtoolkit.contrastive.samplers import build_sampler
-from irtoolkit.contrastive.training import ddp_wrap, discriminator_loss, embed_patches, set_requires_grad
+from irtoolkit.contrastive.training import discriminator_loss, embed_patches, set_requires_grad
 from irtoolkit.losses.patch_nce_loss import patch_nce
-from irtoolkit.models.base_model import bare
-from irtoolkit.models.restoration_model import RestorationModel
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
+from irtoolkit.models.base_model import BaseModel
+from irtoolkit.utils.dist import bare
+from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
+from irtoolkit.utils.schema import NUM, Option
 
-_CONTRASTIVE_SCHEMA = {
-    'encoder': dict, 'num_patches': int, 'sampler': dict, 'head': dict, 'momentum': float,
-    'both_directions': bool, 'clear_exemplar': list, 'exemplar_weight': float, 'exemplar_temperature': float,
+
+def _exemplar_readings(value):
+    """a list of identity and/or positive"""
+    return isinstance(value, list) and all(v in ('identity', 'positive') for v in value)
+
+
+CONTRASTIVE_SCHEMA = {
+    'encoder': Option(dict, doc='features of the PatchNCE ({type: self|disc|vgg|timm, layers}); unset: generator'),
+    'num_patches': Option(int, 256, doc='patches sampled per image and layer (CUT: 256)'),
+    'sampler': Option(dict, {'type': 'random'}, doc='patch sampler ({type: random|nonlocal|grid, ...})'),
+    'head': Option(dict, {}, doc='PatchProjectionHeads arguments (out_dim, hidden_dim, use_mlp, init_gain)'),
+    'momentum': Option(NUM, 0.9, doc='momentum of the momentum heads that condition the negative generators'),
+    'both_directions': Option(bool, True, doc='PatchNCE in both directions (hazy->clear and clear->hazy)'),
+    'clear_exemplar': Option(_exemplar_readings, ['identity'],
+                             doc='readings of the clear exemplars: identity (CUT NCE on G_c(y)), positive (pooled)'),
+    'exemplar_weight': Option(NUM, 1.0, doc='weight of the exemplar terms'),
+    'exemplar_temperature': Option(NUM, 0.07, doc='temperature of the pooled exemplar InfoNCE'),
 }
 
 
 @MODEL_REGISTRY.register()
-class CDDGANModel(RestorationModel):
-    """Options (besides the networks): ``contrastive`` (see ``docs/contrastive.md``) and ``train``:
-    ``gan_opt`` (e.g. basicsr ``GANLoss`` lsgan), ``cycle_opt`` (L1), optional ``identity_opt`` (L1),
-    ``nce_opt`` (``AdversarialContrastiveLoss``), ``optim_g``, ``optim_d``, ``optim_f``, ``optim_n``.
+class CDDGANModel(BaseModel):
+    """Options: ``contrastive`` (below, and ``docs/contrastive.md``), the networks ``network_g`` (G_c),
+    ``network_g_b`` (G_h; default: G_c's options), ``network_d`` (D_c), ``network_d_b`` (D_h; default: D_c's),
+    ``network_n`` (negative generators; default ``NegativeGenerator``), and ``train``: ``gan_opt`` (e.g. basicsr
+    ``GANLoss`` lsgan), ``nce_opt`` (``AdversarialContrastiveLoss``), optional ``cycle_opt`` and ``identity_opt``
+    (L1), ``optim_g``, ``optim_d``, ``optim_f``, ``optim_n``.
     """
 
-    OPTION_SCHEMA = {'contrastive': _CONTRASTIVE_SCHEMA}
+    OPTION_SCHEMA = {'contrastive': CONTRASTIVE_SCHEMA}
 
-    def init_training_settings(self):
-        opt, train_opt = self.opt, self.opt['train']
-        where = f'{opt.get("opt_path", "")}: '
-        copt = opt.get('contrastive') or {}
-        if 'network_g_b' not in opt:  # the reverse generator defaults to the forward one's architecture
-            opt['network_g_b'] = deepcopy(opt['network_g'])
-        if 'network_d_b' not in opt and 'network_d' in opt:
-            opt['network_d_b'] = deepcopy(opt['network_d'])
-        self.net_g.train()
-        self.setup_ema('net_g')
-        self.net_g_b = self.build_net('network_g_b', 'net_g_b')
+    # ------------------------------------------------------------------ networks, losses, optimisers
+    def setup_networks(self):
+        self.net_g = self.build_net('network_g')
+
+    def setup_training_networks(self):
+        opt, copt = self.opt, self.opt['contrastive']
+        self.net_g_b = self.build_net('network_g_b', 'net_g_b', net_opt=opt.get('network_g_b') or opt['network_g'])
         self.net_d = self.build_net('network_d', 'net_d')
-        self.net_d_b = self.build_net('network_d_b', 'net_d_b')
-        self.directions = ['a', 'b'] if copt.get('both_directions', True) else ['a']
-        self.exemplar = list(copt.get('clear_exemplar', ['identity']))
-        bad = [e for e in self.exemplar if e not in ('identity', 'positive')]
-        if bad:
-            raise OptionError(f'{where}contrastive.clear_exemplar: unknown {bad}; use identity and/or positive')
-        self.exemplar_weight = float(copt.get('exemplar_weight', 1.0))
-        self.exemplar_tau = float(copt.get('exemplar_temperature', 0.07))
-        self.num_patches = int(copt.get('num_patches', 256))
-        self.momentum = float(copt.get('momentum', 0.9))
-        try:
-            self.sampler = build_sampler(copt.get('sampler'), 'random')
-        except ValueError as err:
-            raise OptionError(f'{where}contrastive.{err}') from None
-        gens = {'a': self.net_g, 'b': self.net_g_b}
-        discs = {'a': self.net_d, 'b': self.net_d_b}
+        self.net_d_b = self.build_net('network_d_b', 'net_d_b', net_opt=opt.get('network_d_b') or opt['network_d'])
+        self.directions = ['a', 'b'] if copt['both_directions'] else ['a']
+        self.sampler = self._checked(lambda: build_sampler(copt['sampler'], 'random'), 'contrastive.')
         self.encoders, self.heads, self.heads_m, self.neg_gens = {}, {}, {}, {}
-        head_opt = dict(copt.get('head') or {})
         for d in self.directions:
-            sfx = '' if d == 'a' else '_b'
-            try:
-                enc = build_encoder(copt.get('encoder'), gens[d], discs[d], f'{where}contrastive.encoder')
-            except ValueError as err:
-                raise OptionError(str(err)) from None
-            self.encoders[d] = enc.to(self.device)
-            chans = enc.channels()
-            try:
-                heads = PatchProjectionHeads(chans, **head_opt).to(self.device)
-            except TypeError as err:
-                raise OptionError(f'{where}contrastive.head: {err}') from None
-            self.heads[d] = self.networks[f'net_f{sfx}'] = ddp_wrap(heads, opt, self.device)
-            # copied after wrapping: DDP has broadcast rank 0's weights, so every rank's momentum copy starts equal
-            self.heads_m[d] = self.networks[f'net_fm{sfx}'] = deepcopy(heads).requires_grad_(False)
-            n_opt = opt.setdefault(f'network_n{sfx}', deepcopy(opt.get('network_n') or {'type': 'NegativeGenerator'}))
-            n_opt['dims'] = heads.out_dims()
-            self.neg_gens[d] = self.build_net(f'network_n{sfx}', f'net_n{sfx}')
-        self.gan_loss = build_loss(train_opt['gan_opt'], 'train.gan_opt').to(self.device) \
-            if 'gan_opt' in train_opt else None
-        if self.gan_loss is None:
-            raise OptionError(f'{where}train.gan_opt: missing (e.g. {{type: GANLoss, gan_type: lsgan}})')
-        self.cycle_loss = build_loss(train_opt['cycle_opt'], 'train.cycle_opt') if 'cycle_opt' in train_opt else None
-        self.idt_loss = build_loss(train_opt['identity_opt'], 'train.identity_opt') \
-            if 'identity_opt' in train_opt else None
-        if 'nce_opt' not in train_opt:
-            raise OptionError(f'{where}train.nce_opt: missing (e.g. {{type: AdversarialContrastiveLoss}})')
-        self.nce_loss = build_loss(train_opt['nce_opt'], 'train.nce_opt')
-        if not hasattr(self.nce_loss, 'diversity'):
-            raise OptionError(f'{where}train.nce_opt.type: CDDGANModel needs AdversarialContrastiveLoss')
+            self._build_direction(d)
+
+    def _build_direction(self, d):
+        """Encoder, projection heads (trained), their momentum copy and the negative generator of direction d."""
+        opt, copt, where = self.opt, self.opt['contrastive'], f'{self.opt.get("opt_path", "")}: '
+        sfx = '' if d == 'a' else '_b'
+        gen, disc = (self.net_g, self.net_d) if d == 'a' else (self.net_g_b, self.net_d_b)
+        enc = self._checked(lambda: build_encoder(copt['encoder'], gen, disc, f'{where}contrastive.encoder'))
+        self.encoders[d] = enc.to(self.device)
+        head_opt = copt['head'] or {}
+        heads = self._checked(lambda: PatchProjectionHeads(enc.channels(), **head_opt), 'contrastive.head: ')
+        self.heads[d] = self.add_net(f'net_f{sfx}', heads)
+        # copied after wrapping: DDP has broadcast rank 0's weights, so every rank's momentum copy starts equal
+        self.heads_m[d] = self.add_net(f'net_fm{sfx}', deepcopy(bare(self.heads[d])), trainable=False)
+        n_opt = opt.get(f'network_n{sfx}') or opt.get('network_n') or {'type': 'NegativeGenerator'}
+        self.neg_gens[d] = self.build_net(f'network_n{sfx}', f'net_n{sfx}', net_opt=n_opt,
+                                          args={'dims': bare(heads).out_dims()})
+
+    def _checked(self, build, key=''):
+        """``build()``, its ValueError / TypeError as a one-line OptionError naming the file and ``key``."""
+        try:
+            return build()
+        except (ValueError, TypeError) as err:
+            msg = str(err)
+            where = f'{self.opt.get("opt_path", "")}: '
+            raise OptionError(msg if msg.startswith(where) else f'{where}{key}{msg}') from None
+
+    def setup_losses(self):
+        losses = self.build_losses(required=('gan', 'nce'), optional=('cycle', 'identity'))
+        if not hasattr(losses['nce'], 'diversity'):
+            raise OptionError(f'{self.opt.get("opt_path", "")}: train.nce_opt.type: CDDGANModel needs '
+                              'AdversarialContrastiveLoss')
+        return losses
+
+    def setup_optimizers(self):
         self.add_optimizer('g', list(self.net_g.parameters()) + list(self.net_g_b.parameters()), 'optim_g')
         self.add_optimizer('d', list(self.net_d.parameters()) + list(self.net_d_b.parameters()), 'optim_d')
         self.add_optimizer('f', [p for d in self.directions for p in self.heads[d].parameters()], 'optim_f')
         self.add_optimizer('n', [p for d in self.directions for p in self.neg_gens[d].parameters()], 'optim_n')
-        self.setup_schedulers()
 
     # ------------------------------------------------------------------ pieces
     def _src_dst(self, d):
@@ -136,7 +140,7 @@ class CDDGANModel(RestorationModel):
         return bare(self.neg_gens[d]).with_queue(neg), neg
 
     def _coords(self, src):
-        return self.sampler(src, self.num_patches)
+        return self.sampler(src, self.opt['contrastive']['num_patches'])
 
     def _pooled(self, d, img, coords, with_grad=True):
         with torch.set_grad_enabled(with_grad):
@@ -158,10 +162,10 @@ class CDDGANModel(RestorationModel):
     def step_d(self, log):
         """(1) Discriminators: real vs generated (generated images detached)."""
         set_requires_grad([self.net_d, self.net_d_b], True)
-        self.optimizers['d'].zero_grad(set_to_none=True)
+        self.zero_grad('d')
         l_d = 0
         for net_d, real, fake in self._gan_pairs():
-            l_d = l_d + discriminator_loss(self.gan_loss, net_d, real, fake)
+            l_d = l_d + discriminator_loss(self.losses['gan'], net_d, real, fake)
         self.backward_step(l_d, 'd')
         log['l_d'] = l_d.detach()
         set_requires_grad([self.net_d, self.net_d_b], False)
@@ -171,15 +175,15 @@ class CDDGANModel(RestorationModel):
         set_requires_grad(list(self.neg_gens.values()), True)
         frozen = [self.net_g, self.net_g_b] + list(self.heads.values())
         set_requires_grad(frozen, False)
-        self.optimizers['n'].zero_grad(set_to_none=True)
+        self.zero_grad('n')
         l_n, nce_seen, div = 0, 0, 0
         for d in self.directions:
             q = self._queries(d, self._src_dst(d)[1].detach(), self.coords[d], with_grad=False)
             k, k_m = self.keys[d]
             negs, _ = self._negatives(d, k_m)
-            l_n = l_n + self.nce_loss(q, k, negs, role='negative')
-            nce_seen = nce_seen + self.nce_loss.nce(q, k, negs).detach()
-            div = div + self.nce_loss.diversity(negs).detach()
+            l_n = l_n + self.losses['nce'](q, k, negs, role='negative')
+            nce_seen = nce_seen + self.losses['nce'].nce(q, k, negs).detach()
+            div = div + self.losses['nce'].diversity(negs).detach()
         self.backward_step(l_n, 'n')
         n_dir = len(self.directions)
         log.update(l_n=l_n.detach(), l_n_nce=nce_seen / n_dir, l_n_div=div / n_dir)
@@ -187,70 +191,84 @@ class CDDGANModel(RestorationModel):
         set_requires_grad(frozen, True)
 
     def step_g(self, log):
-        """(3) Generators and heads: descent on GAN + cycle (+ identity) + adversarial PatchNCE (negatives fixed).
-        Returns the fresh negatives of this step (for the queue)."""
-        x, y = self.lq, self.gt
+        """(3) Generators and heads: descent on GAN + cycle (+ identity) + adversarial PatchNCE (negatives fixed)
+        (+ the clear-exemplar terms). Returns the fresh negatives of this step (for the queue)."""
         set_requires_grad(list(self.neg_gens.values()), False)
-        self.optimizers['g'].zero_grad(set_to_none=True)
-        self.optimizers['f'].zero_grad(set_to_none=True)
+        self.zero_grad('g', 'f')
+        total, idt_c = self._image_terms(log)
+        l_nce, fresh_negs = self._nce_term()
+        log['l_nce'] = l_nce.detach()
+        total = total + l_nce + self._exemplar_terms(log, idt_c)
+        self.backward_step(total, ['g', 'f'])
+        log['l_g_total'] = total.detach()
+        return fresh_negs
+
+    def _image_terms(self, log):
+        """GAN (critics frozen), cycle and identity terms; also returns G_c(y) when a term needs it."""
+        x, y, copt = self.lq, self.gt, self.opt['contrastive']
         # frozen critics through their bare modules: a DDP forward whose parameters get no gradient would leave
         # DDP waiting for that reduction
-        total = sum(self.gan_loss(bare(net_d)(fake), True, is_disc=False) for net_d, _, fake in self._gan_pairs())
+        total = sum(self.losses['gan'](bare(net_d)(fake), True, is_disc=False) for net_d, _, fake in self._gan_pairs())
         log['l_g_gan'] = total.detach()
-        if self.cycle_loss is not None:
+        if 'cycle' in self.losses:
             with self.autocast():
                 rec_x, rec_y = self.net_g_b(self.fake_c), self.net_g(self.fake_h)
-            l_cyc = self.cycle_loss(rec_x.float(), x) + self.cycle_loss(rec_y.float(), y)
+            l_cyc = self.losses['cycle'](rec_x.float(), x) + self.losses['cycle'](rec_y.float(), y)
             total = total + l_cyc
             log['l_cycle'] = l_cyc.detach()
         idt_c = None
-        if self.idt_loss is not None or 'identity' in self.exemplar:
+        if 'identity' in self.losses or 'identity' in copt['clear_exemplar']:
             with self.autocast():
                 idt_c = self.net_g(y).float()
-        if self.idt_loss is not None:
+        if 'identity' in self.losses:
             with self.autocast():
                 idt_h = self.net_g_b(x).float()
-            l_idt = self.idt_loss(idt_c, y) + self.idt_loss(idt_h, x)
+            l_idt = self.losses['identity'](idt_c, y) + self.losses['identity'](idt_h, x)
             total = total + l_idt
             log['l_identity'] = l_idt.detach()
+        return total, idt_c
+
+    def _nce_term(self):
+        """The adversarial PatchNCE of every direction against the (fixed) generated negatives."""
         l_nce, fresh_negs = 0, {}
         for d in self.directions:
             q = self._queries(d, self._src_dst(d)[1], self.coords[d], with_grad=True)
             k, k_m = self.keys[d]  # G and the heads have not changed since the keys were taken
             with torch.no_grad():
                 negs, fresh_negs[d] = self._negatives(d, k_m)
-            l_nce = l_nce + self.nce_loss(q, k, negs, role='generator')
-        l_nce = l_nce / len(self.directions)
-        total = total + l_nce
-        log['l_nce'] = l_nce.detach()
-        if 'identity' in self.exemplar:  # NCE(G_c(y), y): clear exemplars keep their content (CUT's identity)
+            l_nce = l_nce + self.losses['nce'](q, k, negs, role='generator')
+        return l_nce / len(self.directions), fresh_negs
+
+    def _exemplar_terms(self, log, idt_c):
+        """The clear exemplars' terms (``contrastive.clear_exemplar``), weighted by ``exemplar_weight``."""
+        x, y, copt = self.lq, self.gt, self.opt['contrastive']
+        total = 0
+        if 'identity' in copt['clear_exemplar']:  # NCE(G_c(y), y): clear exemplars keep their content (CUT)
             c_y = self._coords(y)
             k, k_m = self._keys('a', y, c_y)
             q = self._queries('a', idt_c, c_y, with_grad=True)
             with torch.no_grad():
                 negs, _ = self._negatives('a', k_m)
-            l_ex = self.exemplar_weight * self.nce_loss(q, k, negs, role='generator')
+            l_ex = copt['exemplar_weight'] * self.losses['nce'](q, k, negs, role='generator')
             total = total + l_ex
             log['l_exemplar_idt'] = l_ex.detach()
-        if 'positive' in self.exemplar:  # pooled clear exemplar = positive, hazy inputs = negatives
+        if 'positive' in copt['clear_exemplar']:  # pooled clear exemplar = positive, hazy inputs = negatives
             c_x = self.coords['a']
             anchor = self._pooled('a', self.fake_c, c_x)
             with torch.no_grad():
                 pos = self._pooled('a', y, self._coords(y), with_grad=False)
                 neg = self._pooled('a', x, c_x, with_grad=False)
             negs = neg.unsqueeze(0).expand(anchor.shape[0], -1, -1)  # every hazy input is every anchor's negative
-            l_pos = patch_nce(anchor[:, None], pos[:, None], negs, self.exemplar_tau, 'external', 'image').mean()
-            l_pos = self.exemplar_weight * l_pos
+            l_pos = patch_nce(anchor[:, None], pos[:, None], negs, copt['exemplar_temperature'], 'external', 'image')
+            l_pos = copt['exemplar_weight'] * l_pos.mean()
             total = total + l_pos
             log['l_exemplar_pos'] = l_pos.detach()
-        self.backward_step(total, ['g', 'f'])
-        log['l_g_total'] = total.detach()
-        return fresh_negs
+        return total
 
     def step_momentum(self, fresh_negs):
         """(4) Momentum heads, (5) queue of generated negatives."""
         for d in self.directions:
-            momentum_update(self.heads_m[d], bare(self.heads[d]), self.momentum)
+            momentum_update(self.heads_m[d], bare(self.heads[d]), self.opt['contrastive']['momentum'])
             if d in fresh_negs:
                 bare(self.neg_gens[d]).enqueue(fresh_negs[d])
 

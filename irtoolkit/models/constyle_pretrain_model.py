@@ -23,58 +23,56 @@ import torch
 import torch.nn.functional as F
 
 from irtoolkit.data.degradations import build_degradation
-from irtoolkit.models.base_model import BaseModel, bare
+from irtoolkit.models.base_model import BaseModel
 from irtoolkit.models.constyle_model import build_constyle_losses, constyle_loss_terms
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
+from irtoolkit.utils.dist import bare
+from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
+from irtoolkit.utils.schema import Option
 
 logger = logging.getLogger('irtoolkit')
 
 
 @MODEL_REGISTRY.register()
 class ConStylePretrainModel(BaseModel):
-    OPTION_SCHEMA = {'train': {'degradations': dict, 'cls_iter': int}}
+    OPTION_SCHEMA = {'train': {
+        'degradations': Option(dict, doc='{name: [degradation specs]}: degrade gt on the fly, the index is the label'),
+        'cls_iter': Option(int, None, doc='last iteration of the classification loss; unset: every iteration'),
+    }}
 
-    def __init__(self, opt):
-        super().__init__(opt)
+    # ------------------------------------------------------------------ networks and losses
+    def setup_networks(self):
         self.net_g = self.build_net('network_g')
         net = bare(self.net_g)
         if not (hasattr(net, 'train_forward') and hasattr(net, 'encoder_q')):
-            raise OptionError(f'{opt.get("opt_path", "")}: network_g.type: ConStylePretrainModel trains a ConStyle '
-                              f'network, got {type(net).__name__}')
-        self.best_metric_results = {}
-        if self.is_train:
-            self.init_training_settings()
+            raise OptionError(f'{self.opt.get("opt_path", "")}: network_g.type: ConStylePretrainModel trains a '
+                              f'ConStyle network, got {type(net).__name__}')
 
-    def init_training_settings(self):
-        train_opt = self.opt['train']
+    def setup_training_networks(self):
         if not bare(self.net_g).Train:
             raise OptionError(f'{self.opt.get("opt_path", "")}: network_g.Train: must be true to pre-train ConStyle')
-        self.net_g.train()
-        self.setup_ema('net_g')
-        self.losses = build_constyle_losses(train_opt, self.device)
-        if train_opt.get('cls_opt'):
-            if bare(self.net_g).encoder_q.classifier is None:
-                raise OptionError(f'{self.opt.get("opt_path", "")}: train.cls_opt needs network_g.num_classes > 0')
-            self.losses['cls'] = build_loss(train_opt['cls_opt'], 'train.cls_opt').to(self.device)
-        if not self.losses:
-            raise OptionError(f'{self.opt.get("opt_path", "")}: train: no loss (infonce_opt, content_opt, style_opt)')
-        self.cls_iter = train_opt.get('cls_iter') or float('inf')
-        specs = train_opt.get('degradations') or {}
+        specs = self.opt['train'].get('degradations') or {}
         self.degradations = [(name, build_degradation(s, f'train.degradations.{name}')) for name, s in specs.items()]
+
+    def setup_losses(self):
+        losses = build_constyle_losses(self)
+        if self.opt['train'].get('cls_opt') and bare(self.net_g).encoder_q.classifier is None:
+            raise OptionError(f'{self.opt.get("opt_path", "")}: train.cls_opt needs network_g.num_classes > 0')
+        losses.update(self.build_losses(optional=('cls', )))
+        if not losses:
+            raise OptionError(f'{self.opt.get("opt_path", "")}: train: no loss (infonce_opt, content_opt, style_opt)')
+        return losses
+
+    def setup_optimizers(self):
         self.add_optimizer('g', self.net_g.parameters(), 'optim_g')
-        self.setup_schedulers()
 
     # ------------------------------------------------------------------ data
     def feed_data(self, data):
         self.gt = data['gt'].to(self.device)
         self.label = data['label'].to(self.device).long() if 'label' in data else None
-        if self.is_train and getattr(self, 'degradations', None) and not getattr(self, '_validating', False):
-            self.lq, self.label = self.degrade(data['gt'])
-            self.lq, self.label = self.lq.to(self.device), self.label.to(self.device)
-        else:
-            if 'lq' not in data:
-                raise KeyError('ConStylePretrainModel: the batch has no "lq"; give train.degradations or paired data')
+        if 'lq' in data:
             self.lq = data['lq'].to(self.device)
+        elif not getattr(self, 'degradations', None):
+            raise KeyError('ConStylePretrainModel: the batch has no "lq"; give train.degradations or paired data')
 
     def degrade(self, gt):
         """Degrade each clean (C, H, W) crop in place of its own pixels; returns (lq, labels)."""
@@ -89,14 +87,16 @@ class ConStylePretrainModel(BaseModel):
 
     # ------------------------------------------------------------------ training
     def optimize_parameters(self, current_iter):
-        self.optimizers['g'].zero_grad(set_to_none=True)
+        if self.degradations:  # on the fly, here and not in feed_data: validation pairs stay as read
+            self.lq, self.label = (t.to(self.device) for t in self.degrade(self.gt.cpu()))
+        self.zero_grad('g')
         with self.autocast():
             out = self.net_g(self.lq, self.gt)  # through forward, so DDP sees it
         total, loss_dict = constyle_loss_terms(self.losses, out)
-        if 'cls' in self.losses:
-            if current_iter <= self.cls_iter and self.label is not None:
-                loss_dict['l_cls'] = self.losses['cls'](out['logits_q'].float(), self.label)
-                total = total + loss_dict['l_cls']
+        cls_iter = self.opt['train']['cls_iter']
+        if 'cls' in self.losses and self.label is not None and (cls_iter is None or current_iter <= cls_iter):
+            loss_dict['l_cls'] = self.losses['cls'](out['logits_q'].float(), self.label)
+            total = total + loss_dict['l_cls']
         loss_dict['l_total'] = total
         self.backward_step(total, 'g')
         self.reduce_loss_dict(loss_dict)
@@ -110,7 +110,6 @@ class ConStylePretrainModel(BaseModel):
         net = self.inference_net('net_g')
         was_training = net.training
         net.eval()
-        self._validating = True
         zq, zk, logits, labels = [], [], [], []
         try:
             for data in dataloader:
@@ -123,7 +122,6 @@ class ConStylePretrainModel(BaseModel):
                     logits.append(lg)
                     labels.append(self.label)
         finally:
-            self._validating = False
             net.train(was_training)
         zq, zk = torch.cat(zq), torch.cat(zk)
         sim = zq @ zk.t()

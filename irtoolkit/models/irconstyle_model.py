@@ -14,24 +14,18 @@ and the queue when the network is built with ``Train: false``. A checkpoint with
 """
 import logging
 
-from irtoolkit.utils.checkpoint import safe_load
-from irtoolkit.models.base_model import bare
-from irtoolkit.models.constyle_model import ConStyleModel
+from irtoolkit.models.constyle_model import CONSTYLE_LOSS_KEYS, ConStyleModel
+from irtoolkit.utils.checkpoint import read_state_dict
+from irtoolkit.utils.dist import bare
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
+from irtoolkit.utils.schema import Option
 
 logger = logging.getLogger('irtoolkit')
 
 
 def constyle_state_from_checkpoint(path, param_key=None):
     """The ConStyle entries of a checkpoint, without any ``module.`` / ``ConStyle.`` prefix."""
-    state = safe_load(path)
-    if isinstance(state, dict) and param_key:
-        if param_key not in state:
-            raise KeyError(f'{path}: no {param_key!r} entry; has {", ".join(map(str, state))}')
-        state = state[param_key]
-    elif isinstance(state, dict) and ('params_ema' in state or 'params' in state):
-        state = state.get('params_ema', state.get('params'))
-    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    state, _ = read_state_dict(path, param_key or 'auto')
     if any(k.startswith('ConStyle.') for k in state):
         state = {k[len('ConStyle.'):]: v for k, v in state.items() if k.startswith('ConStyle.')}
     if not any(k.startswith('encoder_q.') for k in state):
@@ -65,31 +59,36 @@ def load_constyle(constyle, path, param_key=None, strict=True):
 
 @MODEL_REGISTRY.register()
 class IRConStyleModel(ConStyleModel):
-    OPTION_SCHEMA = {'train': {'ConStyle_iter': int, 'mixing_augs': dict},
-                     'path': {'pretrain_constyle': str, 'param_key_constyle': str, 'strict_load_constyle': bool}}
+    OPTION_SCHEMA = {
+        'train': ConStyleModel.OPTION_SCHEMA['train'],
+        'path': {'pretrain_constyle': Option(str, doc='ConStyle checkpoint (encoder_q.* keys) or a whole ConStyle<X>'),
+                 'param_key_constyle': Option(str, doc='checkpoint entry; unset: params_ema when present, else params'),
+                 'strict_load_constyle': Option(bool, True, doc='after the documented drops, every key must match')},
+    }
     uses_constyle_losses = False
 
-    def build_net(self, key='network_g', name=None, trainable=True):
-        net = super().build_net(key, name, trainable)
+    def setup_networks(self):
+        super().setup_networks()
         path_opt = self.opt.get('path') or {}
-        if key == 'network_g' and path_opt.get('pretrain_constyle'):
-            if not hasattr(bare(net), 'ConStyle'):
-                raise OptionError(f'{self.opt.get("opt_path", "")}: network_g: {type(bare(net)).__name__} has no '
-                                  'ConStyle to load path.pretrain_constyle into')
-            load_constyle(bare(net).ConStyle, path_opt['pretrain_constyle'], path_opt.get('param_key_constyle'),
+        if path_opt.get('pretrain_constyle'):
+            if not hasattr(bare(self.net_g), 'ConStyle'):
+                raise OptionError(f'{self.opt.get("opt_path", "")}: network_g: {type(bare(self.net_g)).__name__} has '
+                                  'no ConStyle to load path.pretrain_constyle into')
+            load_constyle(bare(self.net_g).ConStyle, path_opt['pretrain_constyle'], path_opt.get('param_key_constyle'),
                           path_opt.get('strict_load_constyle', True))
             logger.info(f'Loaded the ConStyle prior from {path_opt["pretrain_constyle"]}')
-        return net
 
-    def init_training_settings(self):
-        if not (self.opt.get('path') or {}).get('pretrain_constyle') and not (self.opt.get('path') or {}).get(
-                'pretrain_network_g'):
+    def setup_training_networks(self):
+        super().setup_training_networks()
+        path_opt = self.opt.get('path') or {}
+        if not path_opt.get('pretrain_constyle') and not path_opt.get('pretrain_network_g'):
             logger.warning('IRConStyleModel: no path.pretrain_constyle: the frozen prior keeps its random weights')
-        ignored = [k for k in ('infonce_opt', 'CrossEntropy_opt', 'content_opt', 'style_opt') if k in self.opt['train']]
+        ignored = [k for k in CONSTYLE_LOSS_KEYS if k in self.opt['train']]
         if ignored:
             logger.info(f'IRConStyleModel: the prior is frozen; ignoring train.{", train.".join(ignored)}')
-        self.opt['train']['ConStyle_iter'] = -1
-        if hasattr(bare(self.net_g), 'ConStyle'):
-            bare(self.net_g).ConStyle.freeze()  # before the optimiser and the EMA copy are built
+        self.constyle_iter = -1
+        bare(self.net_g).ConStyle.freeze()  # before the EMA copy and the optimiser are built
+
+    def init_training_settings(self):
         super().init_training_settings()
         self.freeze_constyle(0)  # flags, EMA copy, and a DDP wrapper without the prior's parameters

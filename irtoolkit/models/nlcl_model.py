@@ -33,86 +33,79 @@ import torch
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads
 from irtoolkit.contrastive.samplers import build_sampler
-from irtoolkit.contrastive.training import ddp_wrap, discriminator_loss, embed_patches, set_requires_grad
-from irtoolkit.models.base_model import bare
-from irtoolkit.models.restoration_model import RestorationModel
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
+from irtoolkit.contrastive.training import discriminator_loss, embed_patches, set_requires_grad
+from irtoolkit.models.base_model import BaseModel
+from irtoolkit.utils.dist import bare
+from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
+from irtoolkit.utils.schema import Option
 
-_NLCL_SCHEMA = {
-    'rain_mode': str, 'location_encoder': dict, 'location_sampler': dict, 'location_guide': str,
-    'num_patches': int, 'idt': bool, 'layer_encoder': dict, 'layer_sampler': dict, 'num_bg': int, 'num_rain': int,
-    'head': dict, 'identity_init': list, 'rain_activation': str, 'd_warmup_iter': int,
+NLCL_SCHEMA = {
+    'rain_mode': Option(str, 'network', choices=('network', 'residual'),
+                        doc='rain layer from G_R (network) or R = O - G_B(O) (residual, no net_r)'),
+    'location_encoder': Option(dict, {'type': 'self', 'layers': ['intro']}, doc='features of the location contrast'),
+    'location_sampler': Option(dict, {'type': 'nonlocal'}, doc='patch sampler of the location contrast'),
+    'location_guide': Option(str, 'feat', choices=('feat', 'image'),
+                             doc='non-local locations found on G_B features or on the image'),
+    'num_patches': Option(int, 256, doc='location-contrast patches per image (NLCL: 256)'),
+    'idt': Option(bool, True, doc='location contrast also on clean images through G_B (identity)'),
+    'layer_encoder': Option(dict, {'type': 'disc', 'layers': ['input']}, doc='features of the layer contrast'),
+    'layer_sampler': Option(dict, {'type': 'nonlocal'}, doc='patch sampler of the layer contrast'),
+    'num_bg': Option(int, 8, doc='self-similar background patches (NLCL: 8)'),
+    'num_rain': Option(int, 128, doc='self-similar rain patches (NLCL: 128)'),
+    'head': Option(dict, {}, doc='PatchProjectionHeads arguments (out_dim, hidden_dim, use_mlp, init_gain)'),
+    'identity_init': Option(list, [], doc="modules of G_B zeroed so that B = O at step 0 (e.g. NAFNet's ending)"),
+    'rain_activation': Option(str, 'none', choices=('none', 'relu'), doc='relu: R >= 0 (rain only adds light)'),
+    'd_warmup_iter': Option(int, 0, doc='D-only steps first, so the critic knows rain before it steers G_B'),
 }
 
 
 @MODEL_REGISTRY.register()
-class NLCLModel(RestorationModel):
-    """Options: ``nlcl`` (see ``docs/contrastive.md``) and ``train``: ``gan_opt``, ``nlcl_opt``
-    (``NonLocalContrastiveLoss``), ``recon_opt`` (MSE of B + R vs O), ``fidelity_opt`` (L1 of B vs O),
+class NLCLModel(BaseModel):
+    """Options: ``nlcl`` (below, and ``docs/contrastive.md``), the networks ``network_g`` (G_B), ``network_r`` (G_R,
+    with ``rain_mode: network``), ``network_d``, and ``train``: ``gan_opt``, ``nlcl_opt``
+    (``NonLocalContrastiveLoss``), optional ``recon_opt`` (MSE of B + R vs O) and ``fidelity_opt`` (L1 of B vs O),
     ``optim_g`` (G_B and G_R), ``optim_d``, ``optim_heads`` (all heads)."""
 
-    OPTION_SCHEMA = {'nlcl': _NLCL_SCHEMA}
+    OPTION_SCHEMA = {'nlcl': NLCL_SCHEMA}
 
-    def init_training_settings(self):
-        opt, train_opt = self.opt, self.opt['train']
-        where = f'{opt.get("opt_path", "")}: '
-        nopt = opt.get('nlcl') or {}
-        self.net_g.train()
-        self._identity_init(nopt.get('identity_init') or [], where)
-        self.setup_ema('net_g')
-        self.rain_mode = nopt.get('rain_mode', 'network')
-        if self.rain_mode not in ('network', 'residual'):
-            raise OptionError(f'{where}nlcl.rain_mode: expected network or residual, got {self.rain_mode!r}')
-        # D-only warm-up: a fresh critic needs a few hundred steps to tell thin rain streaks from clean texture;
-        # before that its gradient on B is about content, not rain, and only damages the identity-initialised G_B
-        self.d_warmup = int(nopt.get('d_warmup_iter', 0))
-        self.rain_act = nopt.get('rain_activation', 'none')
-        if self.rain_act not in ('none', 'relu'):
-            raise OptionError(f'{where}nlcl.rain_activation: expected none or relu, got {self.rain_act!r}')
-        self.net_r = self.build_net('network_r', 'net_r') if self.rain_mode == 'network' else None
+    # ------------------------------------------------------------------ networks, losses, optimisers
+    def setup_networks(self):
+        self.net_g = self.build_net('network_g')
+
+    def setup_training_networks(self):
+        nopt, where = self.opt['nlcl'], f'{self.opt.get("opt_path", "")}: '
+        self._identity_init(nopt['identity_init'] or [], where)
+        self.net_r = self.build_net('network_r', 'net_r') if nopt['rain_mode'] == 'network' else None
         self.net_d = self.build_net('network_d', 'net_d')
-        self.num_patches = int(nopt.get('num_patches', 256))
-        self.num_bg, self.num_rain = int(nopt.get('num_bg', 8)), int(nopt.get('num_rain', 128))
-        self.idt = bool(nopt.get('idt', True))
-        self.guide = nopt.get('location_guide', 'feat')
-        if self.guide not in ('feat', 'image'):
-            raise OptionError(f'{where}nlcl.location_guide: expected feat or image, got {self.guide!r}')
         try:
-            self.loc_sampler = build_sampler(nopt.get('location_sampler', {'type': 'nonlocal'}), 'nonlocal')
-            self.layer_sampler = build_sampler(nopt.get('layer_sampler', {'type': 'nonlocal'}), 'nonlocal')
-            self.loc_encoder = build_encoder(nopt.get('location_encoder', {'type': 'self', 'layers': ['intro']}),
-                                             self.net_g, self.net_d, f'{where}nlcl.location_encoder').to(self.device)
-            self.layer_encoder = build_encoder(nopt.get('layer_encoder', {'type': 'disc', 'layers': ['input']}),
-                                               self.net_g, self.net_d, f'{where}nlcl.layer_encoder').to(self.device)
+            self.loc_sampler = build_sampler(nopt['location_sampler'], 'nonlocal')
+            self.layer_sampler = build_sampler(nopt['layer_sampler'], 'nonlocal')
+            self.loc_encoder = build_encoder(nopt['location_encoder'], self.net_g, self.net_d,
+                                             f'{where}nlcl.location_encoder').to(self.device)
+            self.layer_encoder = build_encoder(nopt['layer_encoder'], self.net_g, self.net_d,
+                                               f'{where}nlcl.layer_encoder').to(self.device)
         except ValueError as err:
             raise OptionError(f'{where}nlcl.{err}' if not str(err).startswith(where) else str(err)) from None
-        head_opt = dict(nopt.get('head') or {})
+        head_opt = nopt['head'] or {}
         try:
-            self.h_loc = PatchProjectionHeads(self.loc_encoder.channels(), **head_opt).to(self.device)
-            layer_ch = self.layer_encoder.channels()
-            self.h_bg = PatchProjectionHeads(layer_ch, **head_opt).to(self.device)
-            self.h_rain = PatchProjectionHeads(layer_ch, **head_opt).to(self.device)
+            heads = [PatchProjectionHeads(enc.channels(), **head_opt)
+                     for enc in (self.loc_encoder, self.layer_encoder, self.layer_encoder)]
         except TypeError as err:
             raise OptionError(f'{where}nlcl.head: {err}') from None
-        # DDP-wrapped when distributed (no-op otherwise); checkpoints keep the bare key names
-        self.h_loc, self.h_bg, self.h_rain = (ddp_wrap(h, opt, self.device)
-                                              for h in (self.h_loc, self.h_bg, self.h_rain))
-        self.networks.update(net_h_loc=self.h_loc, net_h_bg=self.h_bg, net_h_rain=self.h_rain)
-        losses = {}
-        for key in ('gan_opt', 'nlcl_opt', 'recon_opt', 'fidelity_opt'):
-            if key in train_opt:
-                losses[key[:-4]] = build_loss(train_opt[key], f'train.{key}').to(self.device)
-        for key in ('gan_opt', 'nlcl_opt'):
-            if key not in train_opt:
-                raise OptionError(f'{where}train.{key}: missing (needed by NLCLModel)')
-        self.losses = losses
+        # DDP-wrapped when distributed; checkpoints keep the bare key names
+        self.h_loc, self.h_bg, self.h_rain = (self.add_net(name, h)
+                                              for name, h in zip(('net_h_loc', 'net_h_bg', 'net_h_rain'), heads))
+
+    def setup_losses(self):
+        return self.build_losses(required=('gan', 'nlcl'), optional=('recon', 'fidelity'))
+
+    def setup_optimizers(self):
         g_params = list(self.net_g.parameters()) + (list(self.net_r.parameters()) if self.net_r is not None else [])
         self.add_optimizer('g', g_params, 'optim_g')
         self.add_optimizer('d', self.net_d.parameters(), 'optim_d')
         # one optimiser over *all* heads: the release's second bug was a head optimiser built on the wrong net
         self.add_optimizer('heads', [p for h in (self.h_loc, self.h_bg, self.h_rain) for p in h.parameters()],
                            'optim_heads')
-        self.setup_schedulers()
 
     def _identity_init(self, names, where):
         """Zero the weights and biases of ``names`` (modules of G_B, e.g. NAFNet's ``ending``): with a global skip
@@ -135,11 +128,11 @@ class NLCLModel(RestorationModel):
         with self.autocast():
             r = self.net_r(o).float()
         # rain only adds light (O = B + R, R >= 0): a signed R lets B + R = O hold with B brighter than O
-        return torch.relu(r) if self.rain_act == 'relu' else r
+        return torch.relu(r) if self.opt['nlcl']['rain_activation'] == 'relu' else r
 
     def _loc_coords(self, o):
-        guide = o if self.guide == 'image' else self.loc_encoder(o)[0]
-        return self.loc_sampler(guide, self.num_patches)
+        guide = o if self.opt['nlcl']['location_guide'] == 'image' else self.loc_encoder(o)[0]
+        return self.loc_sampler(guide, self.opt['nlcl']['num_patches'])
 
     def _loc_pair(self, src, out):
         """Location-contrast queries (from ``out``) and keys (from ``src``), non-local locations from ``src``."""
@@ -149,45 +142,36 @@ class NLCLModel(RestorationModel):
         q = embed_patches(self.loc_encoder(out), coords, self.h_loc)
         return q, k
 
+    # ------------------------------------------------------------------ one iteration
     def optimize_parameters(self, current_iter):
         log = OrderedDict()
-        o, y = self.lq, self.gt
-        warmup = current_iter <= self.d_warmup
+        warmup = current_iter <= self.opt['nlcl']['d_warmup_iter']
         with self.autocast(), torch.set_grad_enabled(not warmup):
-            b = self.net_g(o).float()
-        self.output = b
-        gan = self.losses['gan']
+            self.output = self.net_g(self.lq).float()
+        self.step_d(log, self.output)
+        if not warmup:
+            self.step_g(log, self.output)
+            self.update_ema()
+        self.reduce_loss_dict(log)
 
-        # D step: clean images real, predicted backgrounds fake
+    def step_d(self, log, b):
+        """D: clean images real, predicted backgrounds fake; then frozen (a fixed critic and contrastive encoder)."""
         set_requires_grad(self.net_d, True)
-        self.optimizers['d'].zero_grad(set_to_none=True)
-        l_d = discriminator_loss(gan, self.net_d, y, b)
+        self.zero_grad('d')
+        l_d = discriminator_loss(self.losses['gan'], self.net_d, self.gt, b)
         self.backward_step(l_d, 'd')
         log['l_d'] = l_d.detach()
-        set_requires_grad(self.net_d, False)  # D is now a fixed critic and a fixed contrastive encoder
-        if warmup:
-            self.reduce_loss_dict(log)
-            return
-        r = self._rain(o, b)
+        set_requires_grad(self.net_d, False)
 
-        # G step
-        self.optimizers['g'].zero_grad(set_to_none=True)
-        self.optimizers['heads'].zero_grad(set_to_none=True)
+    def step_g(self, log, b):
+        """G_B, G_R and the heads: GAN + non-local contrast (location, layer) + recon + fidelity."""
+        o = self.lq
+        r = self._rain(o, b)
+        self.zero_grad('g', 'heads')
         # the frozen critic through its bare module: a DDP forward whose parameters get no gradient would leave DDP
         # waiting for that reduction
-        l_gan = gan(bare(self.net_d)(b), True, is_disc=False)
-        q, k = self._loc_pair(o, b)
-        q_idt = k_idt = None
-        if self.idt:
-            with self.autocast():
-                b_y = self.net_g(y).float()
-            q_idt, k_idt = self._loc_pair(y, b_y)
-        with torch.no_grad():
-            c_bg = self.layer_sampler(b, self.num_bg)  # self-similar background patches
-            c_rain = self.layer_sampler(r, self.num_rain)  # self-similar rain patches (independent centre)
-        z_bg = embed_patches(self.layer_encoder(b), c_bg, self.h_bg)
-        z_rain = embed_patches(self.layer_encoder(r), c_rain, self.h_rain)
-        l_con, terms = self.losses['nlcl'](q, k, z_bg, z_rain, q_idt, k_idt)
+        l_gan = self.losses['gan'](bare(self.net_d)(b), True, is_disc=False)
+        l_con, terms = self._contrast(o, b, r)
         total = l_gan + l_con
         log.update(l_g_gan=l_gan.detach(), l_location=terms['location'].detach(), l_layer=terms['layer'].detach())
         if 'recon' in self.losses:
@@ -200,5 +184,19 @@ class NLCLModel(RestorationModel):
             log['l_fidelity'] = l_fid.detach()
         self.backward_step(total, ['g', 'heads'])
         log['l_g_total'] = total.detach()
-        self.reduce_loss_dict(log)
-        self.update_ema()
+
+    def _contrast(self, o, b, r):
+        """NonLocalContrastiveLoss of location pairs (O vs B, and y vs G_B(y) with ``idt``) and layer patches."""
+        nopt = self.opt['nlcl']
+        q, k = self._loc_pair(o, b)
+        q_idt = k_idt = None
+        if nopt['idt']:
+            with self.autocast():
+                b_y = self.net_g(self.gt).float()
+            q_idt, k_idt = self._loc_pair(self.gt, b_y)
+        with torch.no_grad():
+            c_bg = self.layer_sampler(b, nopt['num_bg'])  # self-similar background patches
+            c_rain = self.layer_sampler(r, nopt['num_rain'])  # self-similar rain patches (independent centre)
+        z_bg = embed_patches(self.layer_encoder(b), c_bg, self.h_bg)
+        z_rain = embed_patches(self.layer_encoder(r), c_rain, self.h_rain)
+        return self.losses['nlcl'](q, k, z_bg, z_rain, q_idt, k_idt)

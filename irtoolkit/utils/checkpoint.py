@@ -76,3 +76,45 @@ def prune_checkpoints(models_dir, states_dir, keep):
         for f in glob.glob(osp.join(models_dir, f'*_{it}.pth')) + [osp.join(states_dir, f'{it}.state')]:
             if osp.exists(f):
                 os.remove(f)
+
+
+def read_state_dict(path, param_key='params'):
+    """``(state dict, entry used)`` of a checkpoint file, read with ``weights_only=True``, ``module.`` prefixes
+    (DDP) removed.
+
+    BasicSR-style files (``{'params': ..., 'params_ema': ...}``, as irtoolkit and upstream IRConStyle write them)
+    give the named entry; ``param_key='auto'`` (or None) takes ``params_ema`` when present, else ``params``. A file
+    holding a bare state dict is used whole (the entry is then None), whatever ``param_key`` says.
+    """
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{path}: not a state dict (got {type(ckpt).__name__})')
+    used = None
+    if any(k in ckpt for k in ('params', 'params_ema')):
+        used = param_key if param_key not in ('auto', None) else ('params_ema' if 'params_ema' in ckpt else 'params')
+        if used not in ckpt:
+            raise KeyError(f'{path}: no {used!r} entry; has {", ".join(map(str, ckpt))}')
+        ckpt = ckpt[used]
+    return {k[7:] if k.startswith('module.') else k: v for k, v in ckpt.items()}, used
+
+
+def load_state_into(net, state, strict=True, source='state dict'):
+    """Load ``state`` into ``net`` (its bare module); archs with their own key handling (``load_checkpoint_state``,
+    e.g. ConStyle's upstream key map) get it first. A key or shape mismatch names ``source`` and the network."""
+    target = net.module if hasattr(net, 'module') and isinstance(net.module, torch.nn.Module) else net
+    try:
+        if hasattr(target, 'load_checkpoint_state'):
+            return target.load_checkpoint_state(state, strict=strict)
+        return target.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
+        detail = (' ' + ' | '.join(lines)[:400]) if lines else ''
+        first = str(err).splitlines()[0]
+        raise RuntimeError(f'{source} does not fit {type(target).__name__}: {first}{detail}') from err
+
+
+def load_checkpoint(net, path, param_key='params', strict=True):
+    """Read ``path`` (:func:`read_state_dict`) and load it into ``net``; returns the checkpoint entry used."""
+    state, used = read_state_dict(path, param_key)
+    load_state_into(net, state, strict, f'{path} ({used or "state dict"})')
+    return used

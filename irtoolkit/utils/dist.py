@@ -10,6 +10,8 @@ import subprocess
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def init_dist(launcher, backend=None, port=None):
@@ -108,3 +110,39 @@ def cleanup():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def pick_device(name='auto'):
+    """``auto``: the current CUDA device when there is one, else the CPU; ``cpu`` / ``cuda`` / ``cuda:1`` as given."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(name)
+
+
+def run_device(opt):
+    """The device of a run: the current CUDA device when the resolved options ask for GPUs and one is there, else
+    the CPU. Models, the runner and the tools all ask here."""
+    if opt.get('num_gpu', 0) and torch.cuda.is_available() and opt.get('device', 'auto') != 'cpu':
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+
+def bare(net):
+    """The module inside a DDP / DataParallel wrapper (checkpoints, EMA and non-forward methods use it)."""
+    return net.module if isinstance(net, (DistributedDataParallel, nn.DataParallel)) else net
+
+
+def wrap_ddp(net, device, opt):
+    """``net`` in DistributedDataParallel when it has trainable parameters, else ``net`` itself.
+
+    One rule for every network: DDP's default buffer handling, i.e. rank 0's buffers are broadcast at wrapping and
+    before every forward through the wrapper, so all ranks compute with the same BatchNorm statistics and queues,
+    and a resumed run (which loads rank 0's files) continues as the uninterrupted one. Buffers that a model changes
+    outside a forward (embedding queues) are filled with the same gathered values on every rank
+    (:func:`all_gather_cat`). Call the wrapper for every forward whose output receives gradients, and ``bare(net)``
+    for other methods and for frozen uses (DDP would wait for gradients that never come).
+    """
+    if not any(p.requires_grad for p in net.parameters()):
+        return net
+    ids = [device.index] if device.type == 'cuda' else None
+    return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=opt.get('find_unused_parameters', False))

@@ -1,4 +1,5 @@
-"""Optimisers and learning-rate schedulers by name (schedulers: irtoolkit's own registry, then basicsr's, then torch's)."""
+"""Optimisers and learning-rate schedulers by name (schedulers: irtoolkit's own registry, then basicsr's, then
+torch's)."""
 import bisect
 import math
 

@@ -12,7 +12,8 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTR
 
 __all__ = [
     'ARCH_REGISTRY', 'DATASET_REGISTRY', 'LOSS_REGISTRY', 'METRIC_REGISTRY', 'MODEL_REGISTRY', 'OptionError',
-    'import_package_modules', 'load_plugins', 'get_from_registry', 'build_from_registry', 'build_network', 'build_loss'
+    'import_package_modules', 'load_plugins', 'get_from_registry', 'build_from_registry', 'build_network', 'build_loss',
+    'build_model', 'registry_kind'
 ]
 
 _PKG_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -75,19 +76,23 @@ def load_plugins(plugins, base_dir=None):
     return loaded
 
 
-def _names(registry):
-    return sorted(name for name, _ in registry)
+def registry_kind(registry):
+    """'arch', 'loss', 'model', 'dataset' or 'metric'."""
+    kinds = {id(ARCH_REGISTRY): 'arch', id(LOSS_REGISTRY): 'loss', id(MODEL_REGISTRY): 'model',
+             id(DATASET_REGISTRY): 'dataset', id(METRIC_REGISTRY): 'metric'}
+    return kinds.get(id(registry), 'entry')
 
 
 def get_from_registry(registry, name, key):
     """Look ``name`` up; an unknown name raises OptionError naming the option key and the closest names."""
     if not isinstance(name, str):
         raise OptionError(f'{key}.type: expected a registered name (str), got {type(name).__name__}')
-    obj = registry._obj_map.get(name) or registry._obj_map.get(name + '_basicsr')
+    entries = dict(iter(registry))  # basicsr's Registry iterates over (name, object) pairs
+    obj = entries.get(name) or entries.get(name + '_basicsr')
     if obj is None:
-        close = difflib.get_close_matches(name, _names(registry), n=5, cutoff=0.5)
-        hint = f'closest registered: {", ".join(close)}' if close else f'registered: {", ".join(_names(registry))}'
-        raise OptionError(f'{key}.type: unknown {registry._name} {name!r}; {hint}')
+        close = difflib.get_close_matches(name, sorted(entries), n=5, cutoff=0.5)
+        hint = f'closest registered: {", ".join(close)}' if close else f'registered: {", ".join(sorted(entries))}'
+        raise OptionError(f'{key}.type: unknown {registry_kind(registry)} {name!r}; {hint}')
     return obj
 
 
@@ -133,3 +138,8 @@ def build_network(opt, key='network_g'):
 def build_loss(opt, key='train.pixel_opt'):
     """Build a registered loss from its options (``type`` plus constructor arguments)."""
     return build_from_registry(LOSS_REGISTRY, opt, key)
+
+
+def build_model(opt):
+    """The model of resolved options: ``MODEL_REGISTRY[opt['model_type']](opt)``."""
+    return get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')(opt)

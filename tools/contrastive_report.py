@@ -1,8 +1,8 @@
 """Figures for the contrastive models' closing notes: loss curves from a training log, and the PSNR of a trained
 generator's output against the PSNR of its input, on held-out pairs.
 
-    python -m irtoolkit.contrastive.report curves --log experiments/<name>/train_<name>_*.log --out fig.png
-    python -m irtoolkit.contrastive.report psnr -opt <recipe.yml> --ckpt experiments/<name>/models/net_g_latest.pth \
+    python tools/contrastive_report.py curves --log experiments/<name>/train_<name>_*.log --out fig.png
+    python tools/contrastive_report.py psnr -opt <recipe.yml> --ckpt experiments/<name>/models/net_g_latest.pth \\
         --lq datasets/demo/haze/val/lq --gt datasets/demo/haze/val/gt
 
 ``psnr`` builds ``network_g`` of the recipe, loads ``params_ema`` when the checkpoint has it (else ``params``) with
@@ -13,33 +13,16 @@ import argparse
 import glob
 import os
 import os.path as osp
-import re
 import sys
 
 import numpy as np
 
-_ITER = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+)')  # the runner's iteration lines only
-_LOSS = re.compile(r'(?<!\w)(l_\w+): ([-+0-9.eE]+|nan|inf)')
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, ROOT)
 
-
-def parse_log(paths):
-    """{loss name: ([iters], [values])} from the runner's iteration lines of one log or several (a run and its
-    resumed continuation, in order)."""
-    curves = {}
-    lines = []
-    for path in [paths] if isinstance(paths, str) else paths:
-        with open(path, encoding='utf-8') as f:
-            lines.extend(f)
-    for line in lines:
-        m = _ITER.search(line)
-        if not m:
-            continue
-        it = int(m.group(1).replace(',', ''))
-        for name, val in _LOSS.findall(line):
-            xs, ys = curves.setdefault(name, ([], []))
-            xs.append(it)
-            ys.append(float(val))
-    return curves
+import irtoolkit  # noqa: E402,F401  (compat patches, registrations)
+from irtoolkit.engine.logging import parse_log  # noqa: E402
 
 
 def plot_curves(log, out, title=None, smooth=1):
@@ -77,19 +60,10 @@ def psnr_vs_input(opt_path, ckpt, lq_dir, gt_dir, per_image=False, net_key='netw
     import cv2
     import torch
 
-    import irtoolkit  # noqa: F401  (basicsr compatibility patches first, then the archs register)
     from basicsr.metrics import calculate_psnr
     from basicsr.utils import img2tensor, tensor2img
-    from irtoolkit.utils.checkpoint import safe_load
-    from irtoolkit.utils.options import yaml_load
-    from irtoolkit.utils.registry import build_network, load_plugins
-    opt = yaml_load(opt_path)
-    load_plugins(opt.get('plugins'), osp.dirname(osp.abspath(opt_path)))
-    net = build_network(opt[net_key], net_key)
-    state = safe_load(ckpt)
-    key = 'params_ema' if 'params_ema' in state else 'params'
-    net.load_state_dict(state[key])
-    net.eval()
+    from irtoolkit.inference.loader import load_network, network_options
+    net, key = load_network(network_options(opt_path, net_key), ckpt, 'auto')
     names = sorted(osp.basename(p) for p in glob.glob(osp.join(lq_dir, '*.png')))
     if not names:
         raise FileNotFoundError(f'{lq_dir}: no PNG images')

@@ -1,0 +1,251 @@
+"""UniRemovalStage1Model: Uni-Removal's knowledge transfer (Zhang, Yan, Cai, "Uni-Removal: A Semi-Supervised
+Framework for Simultaneously Addressing Multiple Degradations in Real-World Images", arXiv 2307.05075). No code is
+released; the design follows the notes' reading (§4.2, after TKL&MR, CVPR 2022). Stage 2 is
+:class:`~irtoolkit.models.uniremoval_stage2_model.UniRemovalStage2Model`.
+
+Supervised, on synthetic pairs with a degradation ``label``: frozen degradation-specific teachers (any registered
+arch, loaded from checkpoints; eval mode, no gradients) teach the student ``net_g``::
+
+    L1 = distill(S(x), T_y(x)) [+ pixel(S(x), gt)] + MultiGrainedContrastiveLoss
+         + recon_weight * sum_l |IP_y^l(P_y^l(f_T^l)) - f_T^l|_1
+
+Feature grain: student features at ``student_layers`` and the sample's teacher's features at ``teacher_layers``
+are projected into a common space by 1x1-conv projectors (``net_proj``: one per student layer and one per
+teacher and layer, sized at construction) and compared at the same random patches; the other teachers'
+projected features are extra negatives (``feature_negatives: other_teachers``) — TKL&MR's inverse projectors
+keep the teacher projections informative. Image grain: ``image_encoder`` maps the output (anchor), the target
+(``image_positive``: gt or teacher output) and the degraded inputs (negatives; every input of the batch with
+``batch_negatives``, as TKL&MR's HCR) to features — ``type: teacher`` uses the sample's own frozen teacher
+(offline, no VGG needed), or ``vgg`` / ``timm`` / ``self``.
+"""
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from irtoolkit.contrastive.encoders import build_encoder
+from irtoolkit.contrastive.feature_tap import FeatureTap
+from irtoolkit.contrastive.heads import FeatureProjector
+from irtoolkit.contrastive.samplers import RandomPatchSampler, gather
+from irtoolkit.models.base_model import BaseModel
+from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
+from irtoolkit.utils.schema import NUM, Option
+
+
+def _teacher_list(value):
+    """a non-empty list of {label, network, checkpoint[, strict, param_key]}"""
+    return (isinstance(value, list) and len(value) > 0
+            and all(isinstance(t, dict) and {'label', 'network', 'checkpoint'} <= set(t) for t in value))
+
+
+STAGE1_SCHEMA = {
+    'teachers': Option(_teacher_list, doc='one frozen teacher per degradation label, loaded from its checkpoint'),
+    'label_key': Option(str, doc='batch key of the degradation label; unset: deg_type, else label'),
+    'student_layers': Option(list, ['intro'], doc='student modules whose features are contrasted'),
+    'teacher_layers': Option(list, doc="teacher modules paired with student_layers; unset: the student's names"),
+    'proj_channels': Option(int, 64, doc='channels of the common projection space'),
+    'num_patches': Option(int, 64, doc='feature-grain patches per image'),
+    'feature_negatives': Option(str, 'other_teachers', choices=('other_teachers', 'none'),
+                                doc="feature-grain negatives: the other teachers' projections, or none"),
+    'image_encoder': Option(dict, doc="image-grain features ({type: teacher|vgg|timm|self}); unset: the sample's "
+                            'teacher at teacher_layers'),
+    'image_positive': Option(str, 'gt', choices=('gt', 'teacher'), doc='image-grain positive'),
+    'batch_negatives': Option(bool, True, doc="every degraded input of the batch is a negative (TKL&MR's HCR)"),
+    'recon_weight': Option(NUM, 0.05, doc="weight of the inverse projectors' reconstruction"),
+}
+
+
+class _Projectors(nn.ModuleDict):
+    """Per-layer projectors ``student`` [layer], ``teachers`` [teacher][layer] and ``inverse`` [teacher][layer]
+    (state-dict keys as a plain ``nn.ModuleDict``), applied in one ``forward`` so that a DDP wrapper sees every
+    use and synchronises their gradients."""
+
+    def forward(self, s_feats, t_feats):
+        """s_feats: student features per layer; t_feats: [teacher][layer] features. Returns student projections
+        [layer], teacher projections [teacher][layer] and the inverse projections' L1 reconstruction error."""
+        s_proj = [self['student'][i](f) for i, f in enumerate(s_feats)]
+        t_proj = [[self['teachers'][t][i](f) for i, f in enumerate(fs)] for t, fs in enumerate(t_feats)]
+        l_rec = 0
+        for t, fs in enumerate(t_feats):  # the inverse keeps every teacher's common-space code informative
+            for i, f in enumerate(fs):
+                l_rec = l_rec + (self['inverse'][t][i](t_proj[t][i]) - f).abs().mean()
+        return s_proj, t_proj, l_rec
+
+
+@MODEL_REGISTRY.register()
+class UniRemovalStage1Model(BaseModel):
+    """Options: ``uniremoval`` (below; ``docs/contrastive.md``) and ``train``: ``distill_opt`` (L1), optional
+    ``pixel_opt``, ``mgcl_opt`` (``MultiGrainedContrastiveLoss``), ``optim_g`` (student + projectors)."""
+
+    OPTION_SCHEMA = {'uniremoval': STAGE1_SCHEMA}
+
+    # ------------------------------------------------------------------ networks, losses, optimisers
+    def setup_networks(self):
+        self.net_g = self.build_net('network_g')
+
+    def setup_training_networks(self):
+        uopt = self.opt['uniremoval']
+        if not uopt.get('teachers'):
+            raise OptionError(f'{self.where}uniremoval.teachers: missing (a list of {{label, network, checkpoint}})')
+        self.teachers = [self.build_net(f'uniremoval.teachers[{i}]', f'net_teacher{i}', trainable=False, save=False,
+                                        net_opt=t['network'], checkpoint={
+                                            'path': t['checkpoint'], 'key': f'uniremoval.teachers[{i}].checkpoint',
+                                            'strict': t.get('strict', True), 'param_key': t.get('param_key', 'params')})
+                         for i, t in enumerate(uopt['teachers'])]
+        self.labels = [t['label'] for t in uopt['teachers']]
+        s_layers, t_layers = uopt['student_layers'], uopt['teacher_layers'] or uopt['student_layers']
+        if len(s_layers) != len(t_layers):
+            raise OptionError(f'{self.where}uniremoval.teacher_layers: {len(t_layers)} layers for {len(s_layers)} '
+                              'student_layers')
+        try:
+            self.s_tap = FeatureTap(self.net_g, s_layers, stop_after_last=False)
+            self.t_taps = [FeatureTap(t, t_layers, stop_after_last=False) for t in self.teachers]
+        except ValueError as err:
+            raise OptionError(f'{self.where}uniremoval.student_layers/teacher_layers: {err}') from None
+        self.proj = self.add_net('net_proj', self._projectors(uopt['proj_channels']))
+        self.sampler = RandomPatchSampler(uopt['num_patches'])
+        self._build_image_encoder(uopt['image_encoder'] or {'type': 'teacher', 'layers': t_layers}, t_layers)
+
+    @property
+    def where(self):
+        return f'{self.opt.get("opt_path", "")}: '
+
+    def _projectors(self, channels):
+        """Student, teacher and inverse projectors, sized by a dry run of the student and the teachers."""
+        probe = torch.zeros(1, 3, 64, 64, device=self.device)
+        s_ch = self.s_tap.channels(probe)
+        t_chs = [tap.channels(probe) for tap in self.t_taps]
+        return _Projectors({
+            'student': nn.ModuleList(FeatureProjector(c, channels) for c in s_ch),
+            'teachers': nn.ModuleList(nn.ModuleList(FeatureProjector(c, channels) for c in ch) for ch in t_chs),
+            'inverse': nn.ModuleList(nn.ModuleList(FeatureProjector(channels, c) for c in ch) for ch in t_chs)})
+
+    def _build_image_encoder(self, enc_opt, t_layers):
+        self.img_taps, self.img_encoder = None, None
+        try:
+            if enc_opt.get('type') == 'teacher':
+                self.img_taps = [FeatureTap(t, enc_opt.get('layers') or t_layers) for t in self.teachers]
+            else:
+                self.img_encoder = build_encoder(enc_opt, self.net_g, None, f'{self.where}uniremoval.image_encoder')
+                self.img_encoder = self.img_encoder.to(self.device)
+        except ValueError as err:
+            msg = str(err)
+            raise OptionError(msg if msg.startswith(self.where) else f'{self.where}uniremoval.image_encoder: {msg}') \
+                from None
+
+    def setup_losses(self):
+        return self.build_losses(required=('mgcl', ), optional=('distill', 'pixel'))
+
+    def setup_optimizers(self):
+        self.add_optimizer('g', list(self.net_g.parameters()) + list(self.proj.parameters()), 'optim_g')
+
+    # ------------------------------------------------------------------ data
+    def feed_data(self, data):
+        super().feed_data(data)
+        label_key = self.opt.get('uniremoval', {}).get('label_key')
+        keys = [label_key] if label_key else ['deg_type', 'label']
+        self.label = next((data[k] for k in keys if k in data), None)  # validation batches have none
+
+    def _label_index(self, labels):
+        idx = []
+        for lab in labels:
+            lab = lab.item() if torch.is_tensor(lab) else lab
+            if lab in self.labels:
+                idx.append(self.labels.index(lab))
+            elif isinstance(lab, int) and not any(isinstance(v, int) for v in self.labels) and 0 <= lab < len(
+                    self.labels):
+                idx.append(lab)  # integer labels index the teachers list
+            else:
+                raise ValueError(f'UniRemovalModel: batch label {lab!r} has no teacher (teachers: {self.labels})')
+        return torch.tensor(idx, device=self.device)
+
+    @staticmethod
+    def _select(stacked, idx):
+        """stacked (T, B, ...) -> (B, ...) taking teacher idx[b] for sample b."""
+        return stacked[idx, torch.arange(stacked.shape[1], device=stacked.device)]
+
+    # ------------------------------------------------------------------ one iteration
+    def optimize_parameters(self, current_iter):
+        if self.label is None:
+            label_key = self.opt['uniremoval']['label_key']
+            keys = [label_key] if label_key else ['deg_type', 'label']
+            raise KeyError(f'UniRemovalStage1Model: the batch has no {" or ".join(keys)} (degradation label); '
+                           'use MultiDegradationDataset or set uniremoval.label_key')
+        log = OrderedDict()
+        idx = self._label_index(self.label)
+        self.zero_grad('g')
+        with torch.no_grad():
+            t_feats, t_outs = [], []
+            for tap in self.t_taps:
+                t_feats.append(tap(self.lq))
+                t_outs.append(tap.output)
+            t_out = self._select(torch.stack(t_outs), idx)
+        with self.autocast():
+            s_feats = self.s_tap(self.lq)
+            self.output = self.s_tap.output.float()
+        total = self._image_losses(log, t_out)
+        total = total + self._contrastive_losses(log, idx, s_feats, t_feats, t_out)
+        log['l_total'] = total
+        self.backward_step(total, 'g')
+        self.reduce_loss_dict(log)
+        self.update_ema()
+
+    def _image_losses(self, log, t_out):
+        """Distillation towards the sample's teacher and, optionally, the pixel loss against gt."""
+        total = 0
+        if 'distill' in self.losses:
+            log['l_distill'] = self.losses['distill'](self.output, t_out)
+            total = total + log['l_distill']
+        if 'pixel' in self.losses:
+            log['l_pixel'] = self.losses['pixel'](self.output, self.gt)
+            total = total + log['l_pixel']
+        return total
+
+    def _contrastive_losses(self, log, idx, s_feats, t_feats, t_out):
+        """Multi-grained contrast (feature grain on projections, image grain on encoded images) and the inverse
+        projectors' reconstruction."""
+        uopt = self.opt['uniremoval']
+        s_proj, t_proj, l_rec = self.proj([f.float() for f in s_feats], t_feats)
+        anchors, positives, negatives = self._feature_grain(idx, s_proj, t_proj)
+        a_img = self._image_feats(self.output, idx)
+        with torch.no_grad():
+            p_img = self._image_feats(self.gt if uopt['image_positive'] == 'gt' else t_out, idx)
+            n_img = self._image_feats(self.lq, idx)
+            if uopt['batch_negatives'] and self.lq.shape[0] > 1:  # every degraded input of the batch (HCR)
+                n_img = [torch.stack([f.roll(s, 0) for s in range(self.lq.shape[0])], 1) for f in n_img]
+        l_mg, terms = self.losses['mgcl']({'feat': anchors, 'img': a_img}, {'feat': positives, 'img': p_img},
+                                          {'feat': negatives, 'img': n_img})
+        log['l_mgcl'] = l_mg
+        log.update({f'l_mgcl_{k}': v for k, v in terms.items()})
+        total = l_mg
+        if uopt['recon_weight']:
+            log['l_proj_recon'] = uopt['recon_weight'] * l_rec / len(s_feats)
+            total = total + log['l_proj_recon']
+        return total
+
+    def _feature_grain(self, idx, s_proj, t_proj):
+        """Per layer: student patches (anchors), the sample's teacher's patches (positives) and, with
+        ``feature_negatives: other_teachers``, every other teacher's patches (negatives), all unit-norm."""
+        coords = self.sampler(self.lq)
+        n_teach, batch = len(self.teachers), len(idx)
+        anchors, positives, negatives = [], [], []
+        for layer in range(len(s_proj)):
+            anchors.append(F.normalize(gather(s_proj[layer], coords), dim=-1))
+            emb_t = torch.stack([F.normalize(gather(t_proj[t][layer], coords), dim=-1)
+                                 for t in range(n_teach)])  # (T, B, P, D)
+            positives.append(self._select(emb_t, idx))
+            if self.opt['uniremoval']['feature_negatives'] == 'other_teachers' and n_teach > 1:
+                others = torch.ones(n_teach, batch, dtype=torch.bool, device=self.device)
+                others[idx, torch.arange(batch, device=self.device)] = False
+                # (B, (T-1)*P, D): for each sample, the patches of every other teacher
+                negatives.append(emb_t.permute(1, 0, 2, 3)[others.t()].reshape(batch, -1, emb_t.shape[-1]))
+            else:
+                negatives.append(None)
+        return anchors, positives, negatives
+
+    def _image_feats(self, img, idx):
+        if self.img_encoder is not None:
+            return self.img_encoder(img)
+        per_teacher = [tap(img) for tap in self.img_taps]  # frozen teachers: gradients reach img only
+        return [self._select(torch.stack([f[layer] for f in per_teacher]), idx) for layer in range(len(per_teacher[0]))]

@@ -1,0 +1,100 @@
+"""ImageValidation: what every model inherits to be validated and tested on image pairs.
+
+``feed_data`` takes ``lq`` (and ``gt`` when the batch has it); ``test`` runs the inference network (the EMA copy
+when there is one) in eval mode; ``validation`` scores every image with the options' metrics on the un-padded
+output, keeps the best value of each metric and logs it (rank 0 only). A model whose validation is not about
+restored images (e.g. a prior trained alone) overrides ``validation`` and still uses :meth:`log_validation`.
+"""
+import os
+import os.path as osp
+from collections import OrderedDict
+
+import torch
+from basicsr.utils import imwrite, tensor2img
+from tqdm import tqdm
+
+from irtoolkit.metrics.calculate import MetricSet
+
+__all__ = ['ImageValidation']
+
+
+class ImageValidation:
+    """Mixin of :class:`~irtoolkit.models.base_model.BaseModel` (uses its ``opt``, ``device``, ``rank``,
+    ``inference_net`` and ``best_metric_results``)."""
+
+    def feed_data(self, data):
+        self.lq = data['lq'].to(self.device, non_blocking=True)
+        self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
+
+    @torch.no_grad()
+    def test(self):
+        net = self.inference_net('net_g')
+        was_training = net.training
+        net.eval()
+        self.output = net(self.lq)
+        net.train(was_training)
+
+    def get_current_visuals(self):
+        out = OrderedDict(lq=self.lq.detach().cpu(), result=self.output.detach().cpu())
+        if self.gt is not None:
+            out['gt'] = self.gt.detach().cpu()
+        return out
+
+    def validation(self, dataloader, current_iter, tb_logger=None, save_img=False, logger=None):
+        """Run the inference network over ``dataloader``; metrics on the un-padded output; rank 0 only."""
+        if self.rank != 0:
+            return {}
+        val_opt = self.opt.get('val') or {}
+        dataset_name = dataloader.dataset.opt.get('name', 'val')
+        metrics = MetricSet(val_opt.get('metrics'), device=self.device)
+        pbar = tqdm(total=len(dataloader), unit='image', desc=f'val {dataset_name}', disable=not val_opt.get('pbar'))
+        for idx, data in enumerate(dataloader):
+            self.feed_data(data)
+            self.test()
+            visuals = self.get_current_visuals()
+            name = osp.splitext(osp.basename(_first(data.get('lq_path'), f'{idx:04d}')))[0]
+            if len(metrics):
+                metrics.update(visuals['result'][:1].float(), visuals['gt'][:1].float() if 'gt' in visuals else None,
+                               name)
+            if save_img and idx < val_opt.get('max_save_images', 10 ** 9):
+                self.save_visual(visuals['result'], dataset_name, name, current_iter)
+            pbar.update(1)
+        pbar.close()
+        results = metrics.results()
+        self.log_validation(dataset_name, results, metrics, current_iter, tb_logger, logger)
+        return results
+
+    def save_visual(self, image, dataset_name, name, current_iter):
+        vis_root = self.opt['path']['visualization']
+        if self.is_train:
+            path = osp.join(vis_root, dataset_name, f'{name}_{current_iter}.png')
+        else:
+            suffix = (self.opt.get('val') or {}).get('suffix')
+            path = osp.join(vis_root, dataset_name, f'{name}_{suffix or self.opt["name"]}.png')
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        imwrite(tensor2img(image[:1].float()), path)
+
+    def log_validation(self, dataset_name, results, metrics, current_iter, tb_logger, logger, count=None):
+        """Track the best value of each metric, log them and write them to TensorBoard.
+
+        ``metrics`` answers ``lower_is_better(name)`` (a MetricSet) or is None (higher is better for all).
+        """
+        best = self.best_metric_results.setdefault(dataset_name, {})
+        count = count if count is not None else f'{len(metrics.per_image)} images'
+        lines = [f'Validation {dataset_name} ({count})']
+        for m, v in results.items():
+            lower = metrics is not None and metrics.lower_is_better(m)
+            prev = best.get(m)
+            if prev is None or (v < prev[0] if lower else v > prev[0]):
+                best[m] = (v, current_iter)
+            lines.append(f'\t # {m}: {v:.4f}\tBest: {best[m][0]:.4f} @ {best[m][1]} iter')
+            if tb_logger is not None:
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{m}', v, current_iter)
+        if logger is not None:
+            logger.info('\n'.join(lines))
+
+
+def _first(value, default):
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else default
+    return value if value is not None else default
