@@ -111,48 +111,60 @@ def _build_one(root, deg, seed, n_train, n_unpaired, n_val, train_size, val_size
     k = list(DEMO_DEGRADATIONS).index(deg)
     fn = build_degradation(DEMO_DEGRADATIONS[deg], f'demo.{deg}')
     train, val = _Photos(TRAIN_PHOTOS, seed, deg == 'haze'), _Photos(VAL_PHOTOS, seed + 1, deg == 'haze')
-
-    rng = np.random.default_rng([seed, k, 0])
-    lq, gt = [], []
-    for i in range(n_train):
-        name = TRAIN_PHOTOS[i % len(TRAIN_PHOTOS)]
-        y, x = _random_box(train.imgs[name], train_size, rng)
-        clean, bad = _degrade(deg, fn, train, name, y, x, train_size, rng)
-        key = f'{name}_{i:04d}'
-        gt.append((key, _u8_bgr(clean)))
-        lq.append((key, _u8_bgr(bad)))
-    write_lmdb(osp.join(out, 'train_gt.lmdb'), gt, compress_level)
-    write_lmdb(osp.join(out, 'train_lq.lmdb'), lq, compress_level)
-
-    # unpaired: the degraded and the clean side come from independent crops (other positions, other photos)
-    rng = np.random.default_rng([seed, k, 1])
-    lq, gt = [], []
-    for i in range(n_unpaired):
-        name = TRAIN_PHOTOS[i % len(TRAIN_PHOTOS)]
-        y, x = _random_box(train.imgs[name], train_size, rng)
-        lq.append((f'{name}_lq{i:04d}', _u8_bgr(_degrade(deg, fn, train, name, y, x, train_size, rng)[1])))
-        name = TRAIN_PHOTOS[(i + len(TRAIN_PHOTOS) // 2) % len(TRAIN_PHOTOS)]
-        y, x = _random_box(train.imgs[name], train_size, rng)
-        gt.append((f'{name}_gt{i:04d}', _u8_bgr(train.imgs[name][y:y + train_size, x:x + train_size])))
-    write_lmdb(osp.join(out, 'unpaired_gt.lmdb'), gt, compress_level)
-    write_lmdb(osp.join(out, 'unpaired_lq.lmdb'), lq, compress_level)
-
-    rng = np.random.default_rng([seed, k, 2])
-    lq, gt = [], []
-    per_photo = int(np.ceil(n_val / len(VAL_PHOTOS)))
-    for name in VAL_PHOTOS:
-        for j, (y, x) in enumerate(_grid_boxes(val.imgs[name], val_size, per_photo)):
-            if len(gt) == n_val:
-                break
-            clean, bad = _degrade(deg, fn, val, name, y, x, val_size, rng)
-            key = f'{name}_{j:02d}'
-            gt.append((key, _u8_bgr(clean)))
-            lq.append((key, _u8_bgr(bad)))
-    for sub, items in (('gt', gt), ('lq', lq)):
+    for side, items in zip(('gt', 'lq'), _paired(deg, fn, train, n_train, train_size, [seed, k, 0])):
+        write_lmdb(osp.join(out, f'train_{side}.lmdb'), items, compress_level)
+    for side, items in zip(('gt', 'lq'), _unpaired(deg, fn, train, n_unpaired, train_size, [seed, k, 1])):
+        write_lmdb(osp.join(out, f'unpaired_{side}.lmdb'), items, compress_level)
+    for sub, items in zip(('gt', 'lq'), _validation(deg, fn, val, n_val, val_size, [seed, k, 2])):
         for key, img in items:
             cv2.imwrite(osp.join(out, 'val', sub, key + '.png'), img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
         write_lmdb(osp.join(out, f'val_{sub}.lmdb'), items, compress_level)
     return deg
+
+
+def _paired(deg, fn, train, n, size, seed):
+    """(gt, lq) records of ``n`` random training crops and their degraded versions."""
+    rng = np.random.default_rng(seed)
+    lq, gt = [], []
+    for i in range(n):
+        name = TRAIN_PHOTOS[i % len(TRAIN_PHOTOS)]
+        y, x = _random_box(train.imgs[name], size, rng)
+        clean, bad = _degrade(deg, fn, train, name, y, x, size, rng)
+        key = f'{name}_{i:04d}'
+        gt.append((key, _u8_bgr(clean)))
+        lq.append((key, _u8_bgr(bad)))
+    return gt, lq
+
+
+def _unpaired(deg, fn, train, n, size, seed):
+    """(gt, lq) records where the degraded and the clean side come from independent crops (other positions, other
+    photos)."""
+    rng = np.random.default_rng(seed)
+    lq, gt = [], []
+    for i in range(n):
+        name = TRAIN_PHOTOS[i % len(TRAIN_PHOTOS)]
+        y, x = _random_box(train.imgs[name], size, rng)
+        lq.append((f'{name}_lq{i:04d}', _u8_bgr(_degrade(deg, fn, train, name, y, x, size, rng)[1])))
+        name = TRAIN_PHOTOS[(i + len(TRAIN_PHOTOS) // 2) % len(TRAIN_PHOTOS)]
+        y, x = _random_box(train.imgs[name], size, rng)
+        gt.append((f'{name}_gt{i:04d}', _u8_bgr(train.imgs[name][y:y + size, x:x + size])))
+    return gt, lq
+
+
+def _validation(deg, fn, val, n, size, seed):
+    """(gt, lq) records of ``n`` crops on a grid of the validation photos."""
+    rng = np.random.default_rng(seed)
+    lq, gt = [], []
+    per_photo = int(np.ceil(n / len(VAL_PHOTOS)))
+    for name in VAL_PHOTOS:
+        for j, (y, x) in enumerate(_grid_boxes(val.imgs[name], size, per_photo)):
+            if len(gt) == n:
+                break
+            clean, bad = _degrade(deg, fn, val, name, y, x, size, rng)
+            key = f'{name}_{j:02d}'
+            gt.append((key, _u8_bgr(clean)))
+            lq.append((key, _u8_bgr(bad)))
+    return gt, lq
 
 
 def _folder_bytes(path):

@@ -59,6 +59,33 @@ def _forget_env(path):
     close_lmdb(path)
 
 
+class _GrowingWriter:
+    """Batched puts into an LMDB environment whose map doubles whenever it is full (databases of unknown size)."""
+
+    def __init__(self, path, commit_every):
+        import lmdb
+        self.full_error, self.map_size, self.commit_every = lmdb.MapFullError, 1 << 30, commit_every
+        self.env = lmdb.open(path, map_size=self.map_size, subdir=True, lock=True, readahead=False, meminit=False)
+        self.batch = []
+
+    def put(self, key, value):
+        self.batch.append((key, value))
+        if len(self.batch) >= self.commit_every:
+            self.flush()
+
+    def flush(self):
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for k, v in self.batch:
+                        txn.put(k, v)
+                break
+            except self.full_error:  # grow the map and redo the batch
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
+        self.batch.clear()
+
+
 def write_lmdb(path, records, compress_level=1, force=False, progress=None, commit_every=256):
     """Write ``records`` (an iterable of ``(key, image_array)`` or ``(key, png_bytes, shape)``) to ``path``.
 
@@ -67,7 +94,6 @@ def write_lmdb(path, records, compress_level=1, force=False, progress=None, comm
     existing ``path`` unless ``force``. ``progress`` is
     an optional callable called once per record. Returns the number of records.
     """
-    import lmdb
     path = osp.abspath(os.fspath(path)).rstrip('/')
     if not path.endswith('.lmdb'):
         raise ValueError(f'LMDB path must end with .lmdb: {path}')
@@ -76,46 +102,15 @@ def write_lmdb(path, records, compress_level=1, force=False, progress=None, comm
     tmp = path + '.partial'
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    map_size = 1 << 30
-    env = lmdb.open(tmp, map_size=map_size, subdir=True, lock=True, readahead=False, meminit=False)
-    meta, seen, batch = [], set(), []
-
-    def flush():
-        nonlocal map_size
-        while True:
-            try:
-                with env.begin(write=True) as txn:
-                    for k, v in batch:
-                        txn.put(k, v)
-                break
-            except lmdb.MapFullError:  # databases of unknown size: grow the map and redo the batch
-                map_size *= 2
-                env.set_mapsize(map_size)
-        batch.clear()
-
+    writer = _GrowingWriter(tmp, commit_every)
     try:
-        for rec in records:
-            if len(rec) == 2:
-                key, img = rec
-                buf, shape = encode_png(img, compress_level), _shape3(img)
-            else:
-                key, buf, shape = rec
-            if not _KEY_RE.match(key) or key in seen:
-                raise ValueError(f'{path}: key {key!r} is ' + ('a duplicate' if key in seen else
-                                                               'not printable ASCII without spaces'))
-            seen.add(key)
-            batch.append((key.encode('ascii'), buf))
-            meta.append(f'{key}.png ({shape[0]},{shape[1]},{shape[2]}) {compress_level}\n')
-            if len(batch) >= commit_every:
-                flush()
-            if progress is not None:
-                progress()
-        flush()
+        meta = _put_records(writer, records, compress_level, progress, path)
+        writer.flush()
     except BaseException:  # a failed or interrupted write leaves nothing behind
-        env.close()
+        writer.env.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    env.close()
+    writer.env.close()
     with open(osp.join(tmp, 'meta_info.txt'), 'w') as f:
         f.writelines(meta)
     if osp.exists(path):  # --force: the old database goes only once the new one is complete
@@ -123,6 +118,26 @@ def write_lmdb(path, records, compress_level=1, force=False, progress=None, comm
         shutil.rmtree(path)
     os.replace(tmp, path)
     return len(meta)
+
+
+def _put_records(writer, records, compress_level, progress, path):
+    """Encode and put every record (keys checked: printable ASCII, unique); returns the meta_info lines."""
+    meta, seen = [], set()
+    for rec in records:
+        if len(rec) == 2:
+            key, img = rec
+            buf, shape = encode_png(img, compress_level), _shape3(img)
+        else:
+            key, buf, shape = rec
+        if not _KEY_RE.match(key) or key in seen:
+            raise ValueError(f'{path}: key {key!r} is ' + ('a duplicate' if key in seen else
+                                                           'not printable ASCII without spaces'))
+        seen.add(key)
+        writer.put(key.encode('ascii'), buf)
+        meta.append(f'{key}.png ({shape[0]},{shape[1]},{shape[2]}) {compress_level}\n')
+        if progress is not None:
+            progress()
+    return meta
 
 
 def read_meta_info(path):

@@ -12,7 +12,7 @@ returns whole images. Items: ``lq`` (3, h, w) and ``gt`` (3, H, W) float RGB in 
 """
 from torch.utils.data import Dataset
 
-from irtoolkit.data.sources import open_source, pair_keys
+from irtoolkit.data.sources import open_source, pair_keys, require_options
 from irtoolkit.data.transforms import augment, paired_random_crop, to_tensor
 from irtoolkit.utils.registry import DATASET_REGISTRY
 
@@ -49,11 +49,8 @@ class PairedRestorationDataset(Dataset):
     """Paired restoration data (denoise, derain, dehaze, deblur, SR with ``scale``); see the module doc."""
 
     def __init__(self, opt):
-        self.opt = opt
-        self.name = opt.get('name', 'PairedRestorationDataset')
-        for k in ('dataroot_lq', 'dataroot_gt'):
-            if not opt.get(k):
-                raise ValueError(f'{self.name}: option {k} is missing')
+        self.opt, self.name = opt, opt.get('name', 'PairedRestorationDataset')
+        require_options(opt, ('dataroot_lq', 'dataroot_gt'), self.name)
         self.sets = PairedSets(opt['dataroot_lq'], opt['dataroot_gt'], opt.get('io_backend'),
                                opt.get('filename_tmpl', '{}'), self.name, opt.get('gt_name_sub'))
         self.train = opt.get('phase', 'train') == 'train'

@@ -99,6 +99,13 @@ class LmdbSource:
         return len(self.keys)
 
 
+def require_options(opt, keys, dataset):
+    """Fail at construction when a dataset option is missing (``name: option key is missing``)."""
+    for k in keys:
+        if not opt.get(k):
+            raise ValueError(f'{dataset}: option {k} is missing')
+
+
 def open_source(root, io_backend=None, dataset='dataset'):
     """:class:`FolderSource` or :class:`LmdbSource` from a dataroot and an ``io_backend`` option."""
     kind = (io_backend or {}).get('type', 'disk')

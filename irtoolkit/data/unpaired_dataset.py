@@ -10,7 +10,7 @@ Length: ``max(N_lq, N_gt)``. Items: ``lq``, ``gt`` (3, S, S) float RGB in [0, 1]
 import numpy as np
 from torch.utils.data import Dataset
 
-from irtoolkit.data.sources import open_source
+from irtoolkit.data.sources import open_source, require_options
 from irtoolkit.data.transforms import augment, random_crop, to_tensor
 from irtoolkit.utils.registry import DATASET_REGISTRY
 
@@ -20,11 +20,8 @@ class UnpairedImageDataset(Dataset):
     """Independent degraded and clean image sets; see the module doc."""
 
     def __init__(self, opt):
-        self.opt = opt
-        self.name = opt.get('name', 'UnpairedImageDataset')
-        for k in ('dataroot_lq', 'dataroot_gt'):
-            if not opt.get(k):
-                raise ValueError(f'{self.name}: option {k} is missing')
+        self.opt, self.name = opt, opt.get('name', 'UnpairedImageDataset')
+        require_options(opt, ('dataroot_lq', 'dataroot_gt'), self.name)
         self.lq = _open(opt['dataroot_lq'], opt.get('io_backend'), f'{self.name} (LQ)')
         self.gt = _open(opt['dataroot_gt'], opt.get('io_backend'), f'{self.name} (GT)')
         self.train = opt.get('phase', 'train') == 'train'

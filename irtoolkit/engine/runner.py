@@ -39,7 +39,10 @@ def parse_args(argv, is_train=True):
         p.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
         p.add_argument('--debug', action='store_true', help='prefix the name with debug_ (print every iter)')
     args = p.parse_args(argv)
-    if not args.opt and not args.describe:
+    if args.describe:
+        print(describe(args.describe))
+        raise SystemExit(0)
+    if not args.opt:
         p.error('the following arguments are required: -opt')
     return args
 
@@ -277,9 +280,6 @@ def user_errors(fn, argv=None):
 
 def train(argv=None):
     args = parse_args(argv, True)
-    if args.describe:
-        print(describe(args.describe))
-        return None
     opt = setup_run(args, True)
     Trainer(opt, args.auto_resume, args.launcher).run()
     return opt
@@ -287,9 +287,6 @@ def train(argv=None):
 
 def test(argv=None):
     args = parse_args(argv, False)
-    if args.describe:
-        print(describe(args.describe))
-        return None
     opt = setup_run(args, False)
     os.makedirs(opt['path']['results_root'], exist_ok=True)
     log_file = osp.join(opt['path']['log'], f'test_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')

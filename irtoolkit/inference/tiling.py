@@ -89,33 +89,48 @@ def tiled_forward(net, img, tile=256, overlap=32, margin=None, align=1, batch_si
     ys, xs = tile_starts(hp, th, overlap, align), tile_starts(wp, tw, overlap, align)
     wy, wx = axis_weights(hp, th, ys, margin), axis_weights(wp, tw, xs, margin)
     coords = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
-    out_device = out_device or img.device
-    acc = weight_sum = None
-    scale = None
+    blend = _Blend(hp, wp, th, tw, ys, xs, wy, wx, out_device or img.device)
     bar = tqdm(total=len(coords), unit='tile', desc='tiles', disable=not progress, leave=False)
     for b in range(0, len(coords), batch_size):
         chunk = coords[b:b + batch_size]
         batch = torch.cat([x[..., ys[i]:ys[i] + th, xs[j]:xs[j] + tw] for i, j in chunk])
-        out = _as_output(net(batch)).to(out_device, torch.float32)
-        if acc is None:
-            scale = out.shape[-1] // tw
-            if out.shape[-2] != th * scale or out.shape[-1] != tw * scale:
-                raise ValueError(f'network output {tuple(out.shape[-2:])} is not an integer multiple of the tile '
-                                 f'{(th, tw)}')
-            acc = torch.zeros(out.shape[1], hp * scale, wp * scale, device=out_device)
-            weight_sum = torch.zeros(1, hp * scale, wp * scale, device=out_device)
-            wy_s = wy.repeat_interleave(scale, dim=1).to(out_device)
-            wx_s = wx.repeat_interleave(scale, dim=1).to(out_device)
-        for k, (i, j) in enumerate(chunk):
-            wgt = wy_s[i][:, None] * wx_s[j][None, :]
-            y0, x0 = ys[i] * scale, xs[j] * scale
-            region = (slice(None), slice(y0, y0 + th * scale), slice(x0, x0 + tw * scale))
-            acc[region] += out[k] * wgt
-            weight_sum[region] += wgt
+        blend.add(chunk, _as_output(net(batch)))
         bar.update(len(chunk))
     bar.close()
-    acc /= weight_sum
-    return acc[None, :, :h * scale, :w * scale]
+    return blend.result()[None, :, :h * blend.scale, :w * blend.scale]
+
+
+class _Blend:
+    """Weighted sum of output tiles on ``out_device`` (float32); the scale comes from the first output."""
+
+    def __init__(self, hp, wp, th, tw, ys, xs, wy, wx, out_device):
+        self.hp, self.wp, self.th, self.tw, self.ys, self.xs = hp, wp, th, tw, ys, xs
+        self.wy, self.wx, self.device, self.acc = wy, wx, out_device, None
+
+    def _start(self, out):
+        self.scale = scale = out.shape[-1] // self.tw
+        if out.shape[-2] != self.th * scale or out.shape[-1] != self.tw * scale:
+            raise ValueError(f'network output {tuple(out.shape[-2:])} is not an integer multiple of the tile '
+                             f'{(self.th, self.tw)}')
+        self.acc = torch.zeros(out.shape[1], self.hp * scale, self.wp * scale, device=self.device)
+        self.weight_sum = torch.zeros(1, self.hp * scale, self.wp * scale, device=self.device)
+        self.wy_s = self.wy.repeat_interleave(scale, dim=1).to(self.device)
+        self.wx_s = self.wx.repeat_interleave(scale, dim=1).to(self.device)
+
+    def add(self, chunk, out):
+        out = out.to(self.device, torch.float32)
+        if self.acc is None:
+            self._start(out)
+        s = self.scale
+        for k, (i, j) in enumerate(chunk):
+            wgt = self.wy_s[i][:, None] * self.wx_s[j][None, :]
+            y0, x0 = self.ys[i] * s, self.xs[j] * s
+            region = (slice(None), slice(y0, y0 + self.th * s), slice(x0, x0 + self.tw * s))
+            self.acc[region] += out[k] * wgt
+            self.weight_sum[region] += wgt
+
+    def result(self):
+        return self.acc / self.weight_sum
 
 
 def tiled_forward_whole_image_pooling(net, img, pools, **kwargs):
