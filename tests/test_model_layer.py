@@ -1,0 +1,118 @@
+"""The consolidated model layer: BaseModel builds networks (trainable or frozen, saved or not) and the losses a recipe
+names, models never write into the options they are given, schemas carry defaults and allowed values, options
+resolve in four steps, one checkpoint reader, and ``--describe``."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from irtk_testutils import REPO, tiny_options, write_options
+
+from irtoolkit.models.base_model import BaseModel
+from irtoolkit.utils.checkpoint import atomic_save, read_state_dict
+from irtoolkit.utils.options import apply_overrides, load_options, parse_options, resolve_options, validate_options
+from irtoolkit.utils.registry import OptionError, build_model
+from irtoolkit.utils.schema import NUM, Option, check_options, fill_defaults
+
+NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1], 'dec_blk_nums': [1]}
+
+
+def _base_opt(**train):
+    return {'name': 't', 'model_type': 'RestorationModel', 'is_train': True, 'num_gpu': 0, 'network_g': NET,
+            'path': {}, 'train': train}
+
+
+def test_build_losses_required_optional_and_the_rest():
+    m = BaseModel(_base_opt(pixel_opt={'type': 'L1Loss'}, edge_opt={'type': 'MSELoss'}, zz_opt={'type': 'L1Loss'}))
+    assert list(m.build_losses(required=('pixel', ), optional=('perceptual', ))) == ['pixel']
+    assert list(m.build_losses(required=('pixel', ), rest=True, exclude=('zz_opt', ))) == ['pixel', 'edge']
+    with pytest.raises(OptionError, match=r'train\.gan_opt: missing \(needed by BaseModel\)'):
+        m.build_losses(required=('gan', ))
+
+
+def test_build_net_frozen_unsaved_and_constructor_args(tmp_path):
+    opt = _base_opt()
+    opt['path'] = {'models': str(tmp_path), 'training_states': str(tmp_path)}
+    m = BaseModel(opt)
+    g = m.build_net('network_g')
+    t = m.build_net('teacher', 'net_t', trainable=False, save=False, net_opt=NET, args={'width': 4})
+    assert t.intro.out_channels == 4 and NET['width'] == 8  # args never reach the options
+    assert not t.training and not any(p.requires_grad for p in t.parameters())
+    assert g.training and all(p.requires_grad for p in g.parameters())
+    m.save(1)
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['net_g_1.pth']  # the frozen teacher is not saved
+
+
+def test_checkpoint_option_loads_frozen_network_and_names_the_key(tmp_path):
+    m = BaseModel(_base_opt())
+    src = m.build_net('network_g')
+    path = str(tmp_path / 'w.pth')
+    atomic_save({'params': src.state_dict()}, path)
+    t = m.build_net('teachers[0]', 'net_t', False, False, NET, checkpoint={'path': path, 'key': 'teachers[0].checkpoint'})
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), t.state_dict().values()))
+    with pytest.raises(OptionError, match=r'teachers\[1\]\.checkpoint: cannot load .*nowhere\.pth'):
+        m.build_net('teachers[1]', 'net_u', False, False, NET, checkpoint={'path': str(tmp_path / 'nowhere.pth'),
+                                                                           'key': 'teachers[1].checkpoint'})
+
+
+def test_read_state_dict_entries(tmp_path):
+    a, b = {'module.w': torch.zeros(1)}, {'w': torch.ones(1)}
+    atomic_save({'params': a, 'params_ema': b}, tmp_path / 'both.pth')
+    atomic_save(b, tmp_path / 'bare.pth')
+    assert read_state_dict(str(tmp_path / 'both.pth'), 'params') == ({'w': a['module.w']}, 'params')
+    assert read_state_dict(str(tmp_path / 'both.pth'), 'auto')[1] == 'params_ema'
+    assert read_state_dict(str(tmp_path / 'bare.pth'), 'params') == (b, None)  # a bare state dict is used whole
+    atomic_save({'params': a}, tmp_path / 'one.pth')
+    with pytest.raises(KeyError, match="no 'params_ema' entry; has params"):
+        read_state_dict(str(tmp_path / 'one.pth'), 'params_ema')
+
+
+def test_models_never_write_into_their_options(tiny_data, in_tmp):
+    """CDD-GAN used to add network_g_b / network_n / dims to the options while building."""
+    from test_cddgan_model import small_recipe
+    opt = parse_options(write_options(small_recipe(tiny_data), in_tmp / 'cdd.yml'), True)
+    opt.update(rank=0, world_size=1, dist=False)
+    before = copy.deepcopy(opt)
+    model = build_model(opt)
+    assert opt == before
+    assert 'net_n' in model.networks and 'network_n_b' not in model.opt
+
+
+def test_schema_defaults_choices_and_did_you_mean():
+    schema = {'sec': {'mode': Option(str, 'a', choices=('a', 'b'), doc='m'), 'w': Option(NUM, 0.5), 'x': int}}
+    assert fill_defaults({}, schema) == {'sec': {'mode': 'a', 'w': 0.5}}
+    assert fill_defaults({'sec': {'mode': 'b'}}, schema) == {'sec': {'mode': 'b', 'w': 0.5}}
+    with pytest.raises(OptionError, match=r"f: sec\.mode: expected one of a, b, got str 'c'"):
+        check_options({'sec': {'mode': 'c'}}, schema, 'f: ')
+    with pytest.raises(OptionError, match=r'sec\.mode_: unknown option; did you mean mode\?'):
+        check_options({'sec': {'mode_': 'a'}}, schema)
+
+
+def test_parse_options_in_four_steps(tiny_data, in_tmp):
+    recipe = tiny_options(tiny_data, 'steps', 10)
+    recipe['model_type'] = 'NLCLModel'
+    path = write_options(recipe, in_tmp / 'steps.yml')
+    opt = apply_overrides(load_options(path), ['nlcl.num_bg=4', 'train.total_iter=12'])
+    schema = validate_options(opt, path)
+    resolved = resolve_options(opt, schema, path, True)
+    assert resolved['nlcl']['num_bg'] == 4 and resolved['nlcl']['num_rain'] == 128  # override, then defaults
+    assert resolved['train']['total_iter'] == 12 and 'nlcl' not in load_options(path)
+    assert resolved == parse_options(path, True, ['nlcl.num_bg=4', 'train.total_iter=12'])
+    bad = apply_overrides(load_options(path), ['nlcl.rain_mode=rainy'])
+    with pytest.raises(OptionError, match=r"nlcl\.rain_mode: expected one of network, residual, got str 'rainy'"):
+        validate_options(bad, path)
+
+
+def test_describe_prints_model_and_arch_tables():
+    def run(*args):
+        return subprocess.run([sys.executable, 'irtoolkit/train.py', *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+    model = run('--describe', 'CDDGANModel')
+    assert model.returncode == 0, model.stderr[-2000:]
+    assert '| contrastive.num_patches ' in model.stdout and '256' in model.stdout
+    arch = run('--describe', 'NAFNet')
+    assert '| width ' in arch.stdout and '| 16 ' in arch.stdout
+    unknown = run('--describe', 'NAFNett')
+    assert unknown.returncode == 2 and unknown.stderr.strip().count('\n') == 0
+    assert 'closest: NAFNet' in unknown.stderr
