@@ -81,9 +81,9 @@ def psnr_vs_input(opt_path, ckpt, lq_dir, gt_dir, per_image=False, net_key='netw
     from basicsr.metrics import calculate_psnr
     from basicsr.utils import img2tensor, tensor2img
     from irtoolkit.utils.checkpoint import safe_load
-    from irtoolkit.utils.options import yaml_load
+    from irtoolkit.utils.recipe import load_recipe
     from irtoolkit.utils.registry import build_network, load_plugins
-    opt = yaml_load(opt_path)
+    opt = load_recipe(opt_path)
     load_plugins(opt.get('plugins'), osp.dirname(osp.abspath(opt_path)))
     net = build_network(opt[net_key], net_key)
     state = safe_load(ckpt)

@@ -8,13 +8,13 @@ map) handles its own keys, exactly as :meth:`irtoolkit.models.base_model.BaseMod
 import os.path as osp
 
 from irtoolkit.utils.checkpoint import safe_load
-from irtoolkit.utils.options import yaml_load
+from irtoolkit.utils.recipe import load_recipe
 from irtoolkit.utils.registry import OptionError, build_network, load_plugins
 
 
 def network_options(path, key='network_g'):
-    """``(network options, plugins)`` from a train/test options YAML (its ``plugins:`` are imported)."""
-    opt = yaml_load(path)
+    """The ``key`` network options of a train/test recipe, ``_base_`` files merged in (its ``plugins:`` imported)."""
+    opt = load_recipe(path)
     if not isinstance(opt, dict) or not isinstance(opt.get(key), dict):
         raise OptionError(f'{path}: {key}: missing (expected the network options, e.g. {{type: NAFNet, ...}})')
     load_plugins(opt.get('plugins'), base_dir=osp.dirname(osp.abspath(path)))
