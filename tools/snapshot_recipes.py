@@ -22,12 +22,21 @@ SNAPSHOT = osp.join('tests', 'data', 'resolved_recipes.json')
 BASE_DIR = '_base_'
 
 
-def recipe_paths(repo=REPO):
-    """Every ``*.yml`` under ``options/`` (relative to ``repo``, sorted), except files in a ``_base_`` folder."""
+def _yml_under_options(repo, bases):
     import glob
     found = glob.glob(osp.join(repo, 'options', '**', '*.yml'), recursive=True)
     rel = (osp.relpath(p, repo).replace(osp.sep, '/') for p in found)
-    return sorted(p for p in rel if BASE_DIR not in p.split('/')[:-1])
+    return sorted(p for p in rel if (BASE_DIR in p.split('/')[:-1]) == bases)
+
+
+def recipe_paths(repo=REPO):
+    """Every ``*.yml`` under ``options/`` (relative to ``repo``, sorted), except files in a ``_base_`` folder."""
+    return _yml_under_options(repo, bases=False)
+
+
+def base_paths(repo=REPO):
+    """Every ``*.yml`` in a ``_base_`` folder under ``options/`` (relative to ``repo``, sorted): parts of recipes."""
+    return _yml_under_options(repo, bases=True)
 
 
 def _check_json(value, where):
