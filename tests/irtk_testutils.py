@@ -3,14 +3,14 @@ import os.path as osp
 
 import yaml
 
-from irtoolkit.utils.options import yaml_load
+from irtoolkit.utils.recipe import load_recipe
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def tiny_options(data_root, name='tiny', total_iter=20, **overrides):
     """The tiny NAFNet recipe as a dict, pointed at ``data_root``; ``overrides`` replace top-level keys."""
-    opt = yaml_load(osp.join(REPO, 'options/train/NAFNet/train_NAFNet_tiny.yml'))
+    opt = load_recipe(osp.join(REPO, 'options/train/NAFNet/train_NAFNet_tiny.yml'))
     opt['name'] = name
     for split in ('train', 'val'):
         opt['datasets'][split]['dataroot_gt'] = osp.join(data_root, split, 'gt')

@@ -11,7 +11,8 @@ from irtk_testutils import REPO, write_options
 from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options, yaml_load
+from irtoolkit.utils.options import parse_options
+from irtoolkit.utils.recipe import load_recipe
 
 SMALL_G = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
 SMALL_D = {'type': 'PatchGANDiscriminator', 'num_feat': 8, 'num_layers': 2}
@@ -19,7 +20,7 @@ SMALL_D = {'type': 'PatchGANDiscriminator', 'num_feat': 8, 'num_layers': 2}
 
 def small_recipe(data_root, name='cdd', iters=20):
     """The demo recipe on the tiny pairs (used as unpaired sets), with small networks and 32 px crops."""
-    opt = yaml_load(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
+    opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
     opt['name'] = name
     tr, va = opt['datasets']['train'], opt['datasets']['val']
     tr.update(dataroot_lq=osp.join(data_root, 'train/lq'), dataroot_gt=osp.join(data_root, 'train/gt'),

@@ -6,7 +6,8 @@ import os.path as osp
 import pytest
 from irtk_testutils import REPO
 
-from irtoolkit.utils.options import BASE_SCHEMA, yaml_load
+from irtoolkit.utils.options import BASE_SCHEMA
+from irtoolkit.utils.recipe import load_recipe
 from irtoolkit.utils.schema import check_options, merge_schema
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
 
@@ -24,7 +25,7 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize('path', RECIPES, ids=osp.basename)
 def test_recipe_schema_and_losses(path):
-    opt = yaml_load(path)
+    opt = load_recipe(path)
     model_cls = MODEL_REGISTRY.get(opt['model_type'])
     check_options(opt, merge_schema(BASE_SCHEMA, getattr(model_cls, 'OPTION_SCHEMA', None)), f'{path}: ')
     for key, loss_opt in opt['train'].items():
@@ -33,7 +34,7 @@ def test_recipe_schema_and_losses(path):
 
 
 def test_unknown_contrastive_key_is_rejected():
-    opt = yaml_load(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
+    opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
     opt['contrastive']['num_patch'] = 64
     schema = merge_schema(BASE_SCHEMA, MODEL_REGISTRY.get('CDDGANModel').OPTION_SCHEMA)
     with pytest.raises(OptionError, match=r'contrastive.num_patch: unknown option; did you mean num_patches\?'):

@@ -10,11 +10,12 @@ from irtk_testutils import REPO, write_options
 from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options, yaml_load
+from irtoolkit.utils.options import parse_options
+from irtoolkit.utils.recipe import load_recipe
 
 
 def small_recipe(data_root, name='nlcl', iters=20, **nlcl):
-    opt = yaml_load(osp.join(REPO, 'options/train/NLCL/demo_NLCL_rain.yml'))
+    opt = load_recipe(osp.join(REPO, 'options/train/NLCL/demo_NLCL_rain.yml'))
     opt['name'] = name
     tr, va = opt['datasets']['train'], opt['datasets']['val']
     tr.update(dataroot_lq=osp.join(data_root, 'train/lq'), dataroot_gt=osp.join(data_root, 'train/gt'),

@@ -12,12 +12,14 @@ from irtk_testutils import REPO
 
 from irtoolkit.utils.optim import build_optimizer, build_scheduler
 from irtoolkit.metrics.calculate import MetricSet
-from irtoolkit.utils.options import BASE_SCHEMA, yaml_load
+from irtoolkit.utils.options import BASE_SCHEMA
+from irtoolkit.utils.recipe import load_recipe
 from irtoolkit.utils.schema import check_options, merge_schema
 from irtoolkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, build_loss, get_from_registry,
                                       load_plugins)
 
-RECIPES = sorted(glob.glob(osp.join(REPO, 'options', '**', '*.yml'), recursive=True))
+RECIPES = sorted(p for p in glob.glob(osp.join(REPO, 'options', '**', '*.yml'), recursive=True)
+                 if '_base_' not in osp.relpath(p, REPO).split(osp.sep))  # bases are parts of recipes
 
 
 def test_every_method_has_recipes():
@@ -28,7 +30,7 @@ def test_every_method_has_recipes():
 
 @pytest.mark.parametrize('path', RECIPES, ids=lambda p: osp.relpath(p, osp.join(REPO, 'options')))
 def test_recipe_builds_up_to_its_data(path):
-    opt = yaml_load(path)
+    opt = load_recipe(path)
     load_plugins(opt.get('plugins'), base_dir=osp.dirname(path))
     model_cls = get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')
     check_options(opt, merge_schema(BASE_SCHEMA, getattr(model_cls, 'OPTION_SCHEMA', None)), f'{path}: ')

@@ -10,7 +10,8 @@ from irtk_testutils import REPO, write_options
 from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options, yaml_load
+from irtoolkit.utils.options import parse_options
+from irtoolkit.utils.recipe import load_recipe
 from irtoolkit.utils.registry import OptionError, build_network
 
 NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
@@ -32,7 +33,7 @@ def teachers(tmp_path):
 
 
 def stage1_recipe(data_root, teachers, name='uni1', iters=20):
-    opt = yaml_load(osp.join(REPO, 'options/train/UniRemoval/demo_UniRemoval_stage1.yml'))
+    opt = load_recipe(osp.join(REPO, 'options/train/UniRemoval/demo_UniRemoval_stage1.yml'))
     opt['name'] = name
     tr = opt['datasets']['train']
     tr['sets'] = [{'name': lab, 'dataroot_lq': osp.join(data_root, 'train/lq'),
@@ -94,7 +95,7 @@ def test_both_stages_train_20_iters_with_finite_logged_losses(tiny_data, in_tmp,
     for name in ('l_distill', 'l_pixel', 'l_mgcl', 'l_mgcl_feature', 'l_mgcl_image', 'l_proj_recon', 'l_total'):
         assert curves[name][0] == list(range(1, 21)) and all(math.isfinite(v) for v in curves[name][1]), name
 
-    opt = yaml_load(osp.join(REPO, 'options/train/UniRemoval/demo_UniRemoval_stage2.yml'))
+    opt = load_recipe(osp.join(REPO, 'options/train/UniRemoval/demo_UniRemoval_stage2.yml'))
     opt['name'] = 'uni2'
     opt['datasets'] = {
         'train': {**opt['datasets']['train'], 'dataroot_lq': osp.join(tiny_data, 'train/lq'),

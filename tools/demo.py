@@ -54,9 +54,9 @@ def build_data(data_root, deg):
 
 def train_model(label, deg, data_root, iters, device):
     from irtoolkit.engine.runner import train
-    from irtoolkit.utils.options import yaml_load
+    from irtoolkit.utils.recipe import load_recipe
     recipe = osp.join(ROOT, RECIPES[label])
-    opt = yaml_load(recipe)
+    opt = load_recipe(recipe)
     name = opt['name'].replace('haze', deg)
     overrides = [f'name={name}', 'logger.progress_bar=true', f'device={device}']
     for split, dataset in opt['datasets'].items():
