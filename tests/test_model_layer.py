@@ -49,7 +49,8 @@ def test_checkpoint_option_loads_frozen_network_and_names_the_key(tmp_path):
     src = m.build_net('network_g')
     path = str(tmp_path / 'w.pth')
     atomic_save({'params': src.state_dict()}, path)
-    t = m.build_net('teachers[0]', 'net_t', False, False, NET, checkpoint={'path': path, 'key': 'teachers[0].checkpoint'})
+    t = m.build_net('teachers[0]', 'net_t', False, False, NET,
+                    checkpoint={'path': path, 'key': 'teachers[0].checkpoint'})
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), t.state_dict().values()))
     with pytest.raises(OptionError, match=r'teachers\[1\]\.checkpoint: cannot load .*nowhere\.pth'):
         m.build_net('teachers[1]', 'net_u', False, False, NET, checkpoint={'path': str(tmp_path / 'nowhere.pth'),

@@ -1,5 +1,6 @@
-"""UniRemovalModel: stage 1 (frozen teachers from checkpoints, routed by label; student + projectors learn) and
-stage 2 (discriminator + cluster-grained loss), 20 runner iterations each with finite, logged losses."""
+"""UniRemovalStage1Model (frozen teachers from checkpoints, routed by label; student + projectors learn) and
+UniRemovalStage2Model (discriminator + cluster-grained loss), 20 runner iterations each with finite, logged
+losses."""
 import math
 import os.path as osp
 
