@@ -42,6 +42,8 @@ __all__ = ['BaseModel', 'bare']
 
 
 class BaseModel(ImageValidation):
+    """What every model shares: networks, losses, optimisers, EMA, AMP, checkpoints, resume and validation."""
+
     OPTION_SCHEMA = {}
 
     def __init__(self, opt):

@@ -15,7 +15,7 @@ import yaml
 
 from irtoolkit.utils.recipe import SafeLoader, load_recipe, yaml_load
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, get_from_registry, load_plugins
-from irtoolkit.utils.schema import ANY, NUM, check_options, fill_defaults, merge_schema
+from irtoolkit.utils.schema import ANY, NUM, Option, check_options, fill_defaults, merge_schema
 
 __all__ = ['BASE_SCHEMA', 'DATASET_SCHEMA', 'yaml_load', 'load_options', 'apply_overrides', 'validate_options',
            'resolve_options', 'parse_options', 'model_schema', 'dict2str', 'copy_options']
@@ -24,6 +24,11 @@ __all__ = ['BASE_SCHEMA', 'DATASET_SCHEMA', 'yaml_load', 'load_options', 'apply_
 def _int_or_auto(v):
     """an int or auto"""
     return (isinstance(v, int) and not isinstance(v, bool)) or v == 'auto'
+
+
+def _amp_dtype(v):
+    """bf16 or fp16"""
+    return v in ('bf16', 'fp16', 'bfloat16', 'float16')
 
 
 DATASET_SCHEMA = {
@@ -41,9 +46,17 @@ BASE_SCHEMA = {
     'path': {'re:^pretrain_network_\\w+$': str, 're:^strict_load_\\w+$': bool, 're:^param_key_\\w+$': str,
              'resume_state': str, 'experiments_root': str, 'results_root': str, 'models': str,
              'training_states': str, 'log': str, 'visualization': str, 'root': str},
-    'train': {'total_iter': int, 'warmup_iter': int, 'ema_decay': NUM, 'scheduler': dict, 'use_grad_clip': bool,
-              're:^optim_\\w+$': dict, 're:^\\w+_opt$': dict, 'grad_clip': (NUM, dict),
-              'amp': {'enabled': bool, 'dtype': lambda v: v in ('bf16', 'fp16', 'bfloat16', 'float16')}},
+    'train': {
+        'total_iter': Option(int, doc='iterations to train (required for training)'),
+        'warmup_iter': Option(int, doc='linear learning-rate warm-up over the first N iterations (-1: none)'),
+        'ema_decay': Option(NUM, doc='keep an EMA copy of net_g (validated and saved as params_ema); 0: none'),
+        'scheduler': Option(dict, doc='learning-rate scheduler ({type: ..., ...}) applied to every optimiser'),
+        'use_grad_clip': Option(bool, doc="NAFNet's switch: clip gradients at max-norm 0.01"),
+        'grad_clip': Option((NUM, dict), doc='max-norm, or clip_grad_norm_ arguments, before every step'),
+        're:^optim_\\w+$': Option(dict, doc='an optimiser ({type: Adam|AdamW|..., lr, ...}) named by the model'),
+        're:^\\w+_opt$': Option(dict, doc='a loss ({type: <registered loss>, ...}) named by the model'),
+        'amp': Option({'enabled': bool, 'dtype': _amp_dtype}, doc='mixed precision: {enabled, dtype: bf16|fp16}'),
+    },
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
             'max_save_images': int, 'val_on_rank0_only': bool},
     'logger': {'print_freq': int, 'save_checkpoint_freq': int, 'use_tb_logger': bool, 'progress_bar': bool,

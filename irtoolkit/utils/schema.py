@@ -149,11 +149,21 @@ def _copy(value):
     return value
 
 
+def readable_key(key):
+    """A schema key for people: ``re:^optim_\\w+$`` -> ``optim_<name>``."""
+    if not key.startswith('re:'):
+        return key
+    key = key[3:].lstrip('^').rstrip('$')
+    for pattern, words in (('(train|val|test)(_.*)?', '<train|val*|test*>'), ('\\w+', '<name>'), ('.*', '<any>')):
+        key = key.replace(pattern, words)
+    return key
+
+
 def schema_rows(schema, prefix=''):
     """``(key, accepted, default, meaning)`` rows of ``schema``, nested keys dotted, for ``--describe``."""
     rows = []
     for key, entry in schema.items():
-        spec = _spec(entry)
+        spec, key = _spec(entry), readable_key(key)
         doc = entry.doc if isinstance(entry, Option) else ''
         default = repr(entry.default) if isinstance(entry, Option) and entry.has_default else ''
         if isinstance(spec, dict):
