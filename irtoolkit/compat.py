@@ -1,9 +1,10 @@
 """Every workaround irtoolkit needs for basicsr 1.4.2 on torch 2.14 / torchvision 0.29 / lmdb 3.
 
 ``import irtoolkit`` calls :func:`apply` before anything imports basicsr. Each patch says what breaks
-and when it can go. Nothing here changes behaviour that works; the patches only make broken paths work.
-Patches that basicsr does not need on CPU (CUDA resume, dist init, DDP device ids) are not here: irtoolkit
-has its own runner (``irtoolkit/engine``) and never calls basicsr's ``train_pipeline``.
+and when it can go. The patches make broken paths work; the one change to working behaviour is that basicsr
+models write their checkpoints atomically (and a failed write stops the run instead of being ignored). Patches for
+basicsr's own train pipeline (CUDA resume, dist init) are not here: irtoolkit has its own runner
+(``irtoolkit/engine``, which also runs basicsr-interface models) and never calls ``train_pipeline``.
 """
 import os
 import sys
@@ -115,6 +116,46 @@ def _patch_perceptual_l2():
         torch.nn.L2loss = torch.nn.MSELoss
 
 
+def _patch_basicsr_model_io():
+    # basicsr's BaseModel (1.4.2) wraps networks in DDP with device_ids=[torch.cuda.current_device()], which fails on
+    # CPU (gloo): wrap with device_ids=None there. Its save_network / save_training_state call torch.save on the
+    # final name with three retries and then *ignore* the failure ("Just ignore it"): a crash mid-write leaves a
+    # truncated checkpoint and a full disk loses it silently. Write through irtoolkit's atomic_save instead, and let
+    # a failure stop the run. Both can go if basicsr gains CPU DDP and atomic writes.
+    import torch
+    from basicsr.models import base_model
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    from irtoolkit.utils.checkpoint import atomic_save
+
+    def model_to_device(self, net):
+        net = net.to(self.device)
+        if self.opt['dist']:
+            ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            return DistributedDataParallel(net, device_ids=ids,
+                                           find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        return DataParallel(net) if self.opt['num_gpu'] > 1 else net
+
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        state = {k: {(n[7:] if n.startswith('module.') else n): v.cpu()
+                     for n, v in self.get_bare_model(m).state_dict().items()} for m, k in zip(nets, keys)}
+        name = 'latest' if current_iter == -1 else current_iter
+        atomic_save(state, os.path.join(self.opt['path']['models'], f'{net_label}_{name}.pth'))
+
+    def save_training_state(self, epoch, current_iter):
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        atomic_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    base_model.BaseModel.model_to_device = model_to_device
+    base_model.BaseModel.save_network = base_model.master_only(save_network)
+    base_model.BaseModel.save_training_state = base_model.master_only(save_training_state)
+
+
 def apply():
     """Apply every patch once; safe to call repeatedly."""
     global _APPLIED
@@ -123,6 +164,7 @@ def apply():
     _alias_functional_tensor()
     _patch_perceptual_l2()
     _patch_lmdb_backend()
+    _patch_basicsr_model_io()
     if hasattr(os, 'register_at_fork'):
         os.register_at_fork(after_in_child=_close_inherited_lmdb_envs)
     _APPLIED = True

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from irtoolkit.engine.basicsr_models import BasicSRModel, has_basicsr_interface
 from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.describe import describe
 from irtoolkit.engine.logging import TrainProgress, get_logger, init_tb_logger
@@ -25,7 +26,7 @@ from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_training_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.dist import run_device
 from irtoolkit.utils.options import copy_options, dict2str, parse_options
-from irtoolkit.utils.registry import OptionError, build_model
+from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_model, get_from_registry
 
 
 def parse_args(argv, is_train=True):
@@ -51,6 +52,12 @@ def set_random_seed(seed):
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+def build_training_model(opt, state=None):
+    """The model of ``opt``; a class with basicsr's interface behind :class:`BasicSRModel`."""
+    cls = get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')
+    return BasicSRModel(cls, opt, state) if has_basicsr_interface(cls) else cls(opt)
 
 
 def setup_run(args, is_train):
@@ -145,7 +152,7 @@ class Trainer:
         self.prepare_logging()
         set_random_seed(opt['manual_seed'] + self.rank)
         self.prepare_data()
-        self.model = build_model(opt)
+        self.model = build_training_model(opt, self.state)
         if self.state is not None:
             self.restore()
         self.progress = TrainProgress(opt, self.current_iter, self.tb_logger, self.logger,

@@ -14,7 +14,8 @@ from copy import deepcopy
 import yaml
 
 from irtoolkit.utils.recipe import SafeLoader, load_recipe, yaml_load
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, get_from_registry, load_plugins
+from irtoolkit.utils.registry import (MODEL_REGISTRY, OptionError, get_from_registry, has_basicsr_interface,
+                                      load_plugins)
 from irtoolkit.utils.schema import ANY, NUM, Option, check_options, fill_defaults, merge_schema
 
 __all__ = ['BASE_SCHEMA', 'DATASET_SCHEMA', 'yaml_load', 'load_options', 'apply_overrides', 'validate_options',
@@ -64,6 +65,12 @@ BASE_SCHEMA = {
 }
 
 
+# A model with basicsr's interface declares no schema: the keys it reads (train.net_d_iters, RealESRGAN's top-level
+# degradation settings ...) are its business. The base keys are still checked; other keys pass.
+BASICSR_MODEL_SCHEMA = {'re:.*': ANY, 'train': {'re:.*': ANY}, 'val': {'re:.*': ANY}, 'path': {'re:.*': ANY},
+                        'logger': {'re:.*': ANY}}
+
+
 def load_options(opt_path):
     """Step 1: the recipe at ``opt_path`` with its ``_base_`` files merged in (safe YAML)."""
     return load_recipe(opt_path)
@@ -88,7 +95,10 @@ def model_schema(model_type, where=''):
         model_cls = get_from_registry(MODEL_REGISTRY, model_type, 'model_type')
     except OptionError as err:
         raise OptionError(where + str(err).replace('model_type.type', 'model_type')) from None
-    return merge_schema(BASE_SCHEMA, getattr(model_cls, 'OPTION_SCHEMA', None))
+    own = getattr(model_cls, 'OPTION_SCHEMA', None)
+    if own is None and has_basicsr_interface(model_cls):
+        own = BASICSR_MODEL_SCHEMA
+    return merge_schema(BASE_SCHEMA, own)
 
 
 def validate_options(opt, opt_path):

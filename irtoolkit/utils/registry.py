@@ -13,7 +13,7 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTR
 __all__ = [
     'ARCH_REGISTRY', 'DATASET_REGISTRY', 'LOSS_REGISTRY', 'METRIC_REGISTRY', 'MODEL_REGISTRY', 'OptionError',
     'import_package_modules', 'load_plugins', 'get_from_registry', 'build_from_registry', 'build_network', 'build_loss',
-    'build_model', 'registry_kind'
+    'build_model', 'registry_kind', 'has_basicsr_interface'
 ]
 
 _PKG_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -138,6 +138,14 @@ def build_network(opt, key='network_g'):
 def build_loss(opt, key='train.pixel_opt'):
     """Build a registered loss from its options (``type`` plus constructor arguments)."""
     return build_from_registry(LOSS_REGISTRY, opt, key)
+
+
+def has_basicsr_interface(cls):
+    """basicsr's model interface: its save/resume pair (``save_training_state``, ``resume_training``) and
+    ``save(epoch, current_iter)``; irtoolkit's models have ``save(current_iter, epoch, batch_in_epoch)``."""
+    if not (hasattr(cls, 'save_training_state') and hasattr(cls, 'resume_training') and hasattr(cls, 'save')):
+        return False
+    return list(inspect.signature(cls.save).parameters)[1:3] == ['epoch', 'current_iter']
 
 
 def build_model(opt):
