@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from irtoolkit.compat import close_lmdb, open_lmdb
+from irtoolkit.utils.errors import UserError
 
 __all__ = ['LmdbRecordError', 'encode_png', 'decode_image', 'write_lmdb', 'read_meta_info', 'LmdbImageReader',
            'verify_lmdb', 'files_to_lmdb', 'verify_against_files', 'tile_boxes']
@@ -24,7 +25,7 @@ _KEY_RE = re.compile(r'^[\x21-\x7e]+$')  # printable ASCII without spaces: meta_
 _META_RE = re.compile(r'^(\S+)\.png \((\d+),(\d+),(\d+)\) (\d+)$')
 
 
-class LmdbRecordError(KeyError):
+class LmdbRecordError(UserError, KeyError):
     """A missing key or an undecodable record; the message names the dataset, the key and the database."""
 
     def __str__(self):  # KeyError would print the message in quotes

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from irtoolkit.data.lmdb_util import LmdbImageReader
+from irtoolkit.utils.errors import UserError
 
 __all__ = ['IMG_EXTENSIONS', 'PairingError', 'FolderSource', 'LmdbSource', 'open_source', 'pair_keys', 'to_rgb_float',
            'scan_images']
@@ -19,7 +20,7 @@ __all__ = ['IMG_EXTENSIONS', 'PairingError', 'FolderSource', 'LmdbSource', 'open
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
 
 
-class PairingError(ValueError):
+class PairingError(UserError, ValueError):
     """LQ and GT names do not match; the message lists the unmatched names on both sides."""
 
 

@@ -64,4 +64,4 @@ class BasicSRModel:
 
     def validation(self, dataloader, current_iter, tb_logger=None, save_img=False, logger=None):
         self.model.validation(dataloader, current_iter, tb_logger, save_img)
-        return {}
+        return {k: float(v) for k, v in (getattr(self.model, 'metric_results', None) or {}).items()}

@@ -55,8 +55,8 @@ def init_tb_logger(log_dir):
 class TrainProgress:
     """Formats BasicSR-style iteration lines, writes scalars to TensorBoard and drives a tqdm bar with ETA."""
 
-    def __init__(self, opt, start_iter, tb_logger, logger, show_bar):
-        self.name, self.total = opt['name'], opt['train']['total_iter']
+    def __init__(self, opt, start_iter, tb_logger, logger, show_bar, tracker=None):
+        self.name, self.total, self.tracker = opt['name'], opt['train']['total_iter'], tracker
         self.print_freq = opt['logger']['print_freq']
         self.tb, self.logger = tb_logger, logger
         self.start_iter, self.start_time = start_iter, time.time()
@@ -81,6 +81,9 @@ class TrainProgress:
                 self.tb.add_scalar(f'losses/{k}' if k.startswith('l_') else k, v, current_iter)
             for i, lr in enumerate(lrs):
                 self.tb.add_scalar(f'lr/{i}', lr, current_iter)
+        if self.tracker is not None:
+            scalars = {f'losses/{k}' if k.startswith('l_') else k: v for k, v in logs.items()}
+            self.tracker.log({**scalars, **{f'lr/{i}': lr for i, lr in enumerate(lrs)}}, current_iter)
 
     def close(self):
         self.bar.close()

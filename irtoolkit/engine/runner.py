@@ -22,11 +22,13 @@ from irtoolkit.engine.basicsr_models import BasicSRModel, has_basicsr_interface
 from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.describe import describe
 from irtoolkit.engine.logging import TrainProgress, get_logger, init_tb_logger
+from irtoolkit.engine.tracking import build_tracker, sample_strip
 from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_training_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.dist import run_device
 from irtoolkit.utils.options import copy_options, dict2str, parse_options
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_model, get_from_registry
+from irtoolkit.utils.errors import UserError
+from irtoolkit.utils.registry import MODEL_REGISTRY, build_model, get_from_registry
 
 
 def parse_args(argv, is_train=True):
@@ -111,14 +113,21 @@ class StopFlag:
         return self.raised
 
 
-def validate(model, val_loaders, current_iter, tb_logger, opt, logger):
-    """Every validation set; the training RNG streams are left as they were (exact resume)."""
+def validate(model, val_loaders, current_iter, tb_logger, opt, logger, tracker=None):
+    """Every validation set (metrics and a sample image to the tracker); the training RNG streams are left as they
+    were (exact resume)."""
     py, npst = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         results = {}
         for loader in val_loaders:
-            results[loader.dataset.opt.get('name', 'val')] = model.validation(
-                loader, current_iter, tb_logger, (opt.get('val') or {}).get('save_img', False), logger=logger)
+            name = loader.dataset.opt.get('name', 'val')
+            results[name] = model.validation(loader, current_iter, tb_logger,
+                                             (opt.get('val') or {}).get('save_img', False), logger=logger)
+            if tracker is not None:
+                tracker.log({f'metrics/{name}/{k}': v for k, v in (results[name] or {}).items()}, current_iter)
+                strip = sample_strip(model, loader)
+                if strip is not None:
+                    tracker.log_images({f'samples/{name}': strip}, current_iter)
     random.setstate(py)
     np.random.set_state(npst)
     dist_util.barrier()
@@ -156,7 +165,8 @@ class Trainer:
         if self.state is not None:
             self.restore()
         self.progress = TrainProgress(opt, self.current_iter, self.tb_logger, self.logger,
-                                      self.rank == 0 and opt['logger'].get('progress_bar', sys.stderr.isatty()))
+                                      self.rank == 0 and opt['logger'].get('progress_bar', sys.stderr.isatty()),
+                                      self.tracker)
         self.stop = StopFlag()
 
     def prepare_logging(self):
@@ -169,6 +179,7 @@ class Trainer:
         self.tb_logger = None
         if self.rank == 0 and opt['logger'].get('use_tb_logger') and 'debug' not in opt['name']:
             self.tb_logger = init_tb_logger(osp.join(opt['root_path'], 'tb_logger', opt['name']))
+        self.tracker = build_tracker(opt, resumed=self.state is not None)
 
     def prepare_data(self):
         opt, seed = self.opt, self.opt['manual_seed']
@@ -240,7 +251,8 @@ class Trainer:
             self.close()
             raise SystemExit(128 + signal.SIGTERM)
         if self.val_freq and self.current_iter % self.val_freq == 0:
-            validate(self.model, self.val_loaders, self.current_iter, self.tb_logger, self.opt, self.logger)
+            validate(self.model, self.val_loaders, self.current_iter, self.tb_logger, self.opt, self.logger,
+                     self.tracker)
         self.t_data = time.time()
 
     @property
@@ -262,23 +274,26 @@ class Trainer:
             self.model.save(self.current_iter, self.epoch, self.batch_idx)
         self.model.save('latest')
         if self.val_freq and self.current_iter % self.val_freq != 0:
-            validate(self.model, self.val_loaders, self.current_iter, self.tb_logger, self.opt, self.logger)
+            validate(self.model, self.val_loaders, self.current_iter, self.tb_logger, self.opt, self.logger,
+                     self.tracker)
         self.close()
 
     def close(self):
         self.progress.close()
         if self.tb_logger is not None:
             self.tb_logger.close()
+        if self.tracker is not None:
+            self.tracker.finish()
         dist_util.cleanup()
 
 
 def user_errors(fn, argv=None):
-    """Run ``fn(argv)``; a wrong option ends with one line on stderr and exit status 2 (the traceback with
-    ``--debug`` or ``IRTK_TRACEBACK=1``)."""
+    """Run ``fn(argv)``; a user error (options, missing files, unreadable checkpoints, bad data) ends with its
+    lines on stderr and exit status 2, without a traceback (shown with ``--debug`` or ``IRTK_TRACEBACK=1``)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         return fn(argv)
-    except OptionError as err:
+    except UserError as err:
         if '--debug' in argv or os.environ.get('IRTK_TRACEBACK') == '1':
             raise
         print(f'error: {err}', file=sys.stderr)

@@ -25,6 +25,7 @@ allowed values of a model's options live in its ``OPTION_SCHEMA`` (merged into
 comes from :class:`~irtoolkit.models.validation.ImageValidation`.
 """
 import contextlib
+import logging
 import os.path as osp
 from collections import OrderedDict
 from copy import deepcopy
@@ -39,6 +40,7 @@ from irtoolkit.utils.registry import OptionError, build_loss, build_network
 from irtoolkit.utils.schema import fill_defaults
 
 __all__ = ['BaseModel', 'bare']
+logger = logging.getLogger('irtoolkit')
 
 
 class BaseModel(ImageValidation):
@@ -285,6 +287,7 @@ class BaseModel(ImageValidation):
         state = {'epoch': epoch, 'iter': current_iter, 'batch_in_epoch': batch_in_epoch,
                  'optimizers': {k: o.state_dict() for k, o in self.optimizers.items()},
                  'schedulers': [s.state_dict() for s in self.schedulers], 'scaler': self.scaler.state_dict(),
+                 'scheduler_opt': (self.opt.get('train') or {}).get('scheduler'),
                  'rng': get_rng_state(), 'extra': self.extra_state()}
         atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
@@ -305,10 +308,23 @@ class BaseModel(ImageValidation):
         if len(state['schedulers']) != len(self.schedulers):
             raise ValueError(f'resume state has {len(state["schedulers"])} schedulers, '
                              f'the model has {len(self.schedulers)}')
-        for s, s_state in zip(self.schedulers, state['schedulers']):
-            s.load_state_dict(s_state)
+        self.load_schedulers(state['schedulers'], state.get('scheduler_opt', self.opt['train'].get('scheduler')))
         self.scaler.load_state_dict(state.get('scaler', {}))
         self.load_extra_state(state.get('extra', {}))
+
+    def load_schedulers(self, states, saved_opt):
+        """The schedulers' states; when ``train.scheduler`` changed since the checkpoint (e.g. longer periods for a
+        larger ``total_iter``), the recipe's schedule continues from the saved position (counters only)."""
+        changed = saved_opt != (self.opt.get('train') or {}).get('scheduler')
+        for s, s_state in zip(self.schedulers, states):
+            if changed:
+                s_state = {k: s_state[k] for k in ('last_epoch', '_step_count', '_last_lr') if k in s_state}
+                s.__dict__.update(s_state)
+            else:
+                s.load_state_dict(s_state)
+        if changed:
+            logger.info('train.scheduler differs from the checkpoint\'s: the recipe\'s schedule continues from '
+                        f'scheduler step {states[0].get("last_epoch") if states else "?"}')
 
     # ------------------------------------------------------------------ interface for subclasses
     def optimize_parameters(self, current_iter):

@@ -37,6 +37,7 @@ class ConStyleModel(RestorationModel):
         'ConStyle_iter': Option(int, None, doc='last iteration with the ConStyle losses, then the prior is frozen; '
                                 '-1 freezes at once; unset: never'),
         'mixing_augs': Option(MIXING_AUGS_SCHEMA, doc="Restormer's mixup, training batches only"),
+        'CrossEntropy_opt': Option(dict, doc="upstream IRConStyle's name of infonce_opt ({type: CrossEntropyLoss})"),
     }}
     uses_constyle_losses = True
 

@@ -8,6 +8,8 @@ import re
 import numpy as np
 import torch
 
+from irtoolkit.utils.errors import UserError
+
 
 def atomic_save(obj, path):
     """Write with ``torch.save`` to a temporary file in the same folder, fsync, then rename.
@@ -27,15 +29,23 @@ def atomic_save(obj, path):
             os.remove(tmp)
 
 
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that is missing or cannot be read safely (a user error: one line, exit status 2)."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    pass
+
+
 def safe_load(path, map_location='cpu'):
     """``torch.load(..., weights_only=True)`` with a one-line error for a missing or unreadable file."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
+        raise MissingCheckpointError(f'checkpoint not found: {path}')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickler errors all mean "not a checkpoint we trust"
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RuntimeError(f'cannot load checkpoint {path}: {msg}') from err
+        raise CheckpointError(f'cannot load checkpoint {path}: {msg}') from err
 
 
 def get_rng_state():

@@ -16,7 +16,8 @@ import yaml
 from irtoolkit.utils.recipe import SafeLoader, load_recipe, yaml_load
 from irtoolkit.utils.registry import (MODEL_REGISTRY, OptionError, get_from_registry, has_basicsr_interface,
                                       load_plugins)
-from irtoolkit.utils.schema import ANY, NUM, Option, check_options, fill_defaults, merge_schema
+from irtoolkit.utils.option_checks import path_problems, registry_problems
+from irtoolkit.utils.schema import ANY, NUM, Option, fill_defaults, merge_schema, option_problems
 
 __all__ = ['BASE_SCHEMA', 'DATASET_SCHEMA', 'yaml_load', 'load_options', 'apply_overrides', 'validate_options',
            'resolve_options', 'parse_options', 'model_schema', 'dict2str', 'copy_options']
@@ -61,7 +62,13 @@ BASE_SCHEMA = {
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
             'max_save_images': int, 'val_on_rank0_only': bool},
     'logger': {'print_freq': int, 'save_checkpoint_freq': int, 'use_tb_logger': bool, 'progress_bar': bool,
-               'keep_last_checkpoints': int, 'wandb': dict},
+               'keep_last_checkpoints': int, 'wandb': Option({
+                   'project': Option(str, doc='W&B project (turns tracking on)'),
+                   'entity': Option(str, doc='W&B team or user; unset: your default'),
+                   'name': Option(str, doc="the run's display name; unset: the recipe's name"),
+                   'resume_id': Option(str, doc='continue this W&B run; unset: the id kept in the experiment folder'),
+                   'mode': Option(str, choices=('online', 'offline', 'disabled'), doc='unset: WANDB_MODE, else online'),
+                   'tags': Option(list, doc='tags of the run')}, doc='Weights & Biases tracking (optional package)')},
 }
 
 
@@ -101,20 +108,29 @@ def model_schema(model_type, where=''):
     return merge_schema(BASE_SCHEMA, own)
 
 
-def validate_options(opt, opt_path):
-    """Step 3: required keys, plugins imported (they may register the model), every key and type checked against
-    the model's schema. Returns that schema."""
+def validate_options(opt, opt_path, is_train=True):
+    """Step 3: plugins imported (they may register the model), then every problem of the file at once, one line
+    each: missing required keys, unknown keys and wrong types (the model's schema), unknown registered names and
+    constructor arguments, paths that do not exist. Returns the model's schema."""
     where = f'{opt_path}: '
-    for required in ('name', 'model_type'):
-        if required not in opt:
-            raise OptionError(f'{where}{required}: missing (required)')
     if not isinstance(opt.get('plugins', []), (list, str, type(None))):
         raise OptionError(f'{where}plugins: expected a list of modules or .py files')
     load_plugins(opt.get('plugins'), base_dir=osp.dirname(osp.abspath(opt_path)))
-    schema = model_schema(opt['model_type'], where)
-    check_options(opt, schema, where)
+    found = [f'{k}: missing (required)' for k in ('name', 'model_type') if k not in opt]
+    try:
+        schema = model_schema(opt.get('model_type', 'RestorationModel'))
+    except OptionError as err:  # the other keys are still checked, against the base schema
+        schema = merge_schema(BASE_SCHEMA, {'re:.*': ANY})
+        found.append(str(err))
+    found += option_problems(opt, schema) + registry_problems(opt, schema) + path_problems(opt)
     if opt.get('device', 'auto') not in ('auto', 'cpu', 'cuda'):
-        raise OptionError(f'{where}device: expected auto, cpu or cuda, got {opt["device"]!r}')
+        found.append(f'device: expected auto, cpu or cuda, got {opt["device"]!r}')
+    if is_train and 'train' not in (opt.get('datasets') or {}):
+        found.append('datasets.train: missing (a training recipe needs a train dataset)')
+    if is_train and (opt.get('train') or {}).get('total_iter') is None:
+        found.append('train.total_iter: missing (an int)')
+    if found:
+        raise OptionError('\n'.join(where + p for p in found))
     return schema
 
 
@@ -129,10 +145,6 @@ def resolve_options(opt, schema, opt_path, is_train=True, root_path=None):
     _resolve_device(opt, where)
     for phase_key, dataset in (opt.get('datasets') or {}).items():
         _resolve_dataset(dataset, phase_key, opt['scale'], where)
-    if is_train and 'train' not in (opt.get('datasets') or {}):
-        raise OptionError(f'{where}datasets.train: missing (a training recipe needs a train dataset)')
-    if is_train and not isinstance((opt.get('train') or {}).get('total_iter'), int):
-        raise OptionError(f'{where}train.total_iter: missing (an int)')
     opt['root_path'] = osp.abspath(root_path or os.getcwd())
     opt['path'] = opt.get('path') or {}
     for k, v in list(opt['path'].items()):
@@ -145,7 +157,7 @@ def resolve_options(opt, schema, opt_path, is_train=True, root_path=None):
 def parse_options(opt_path, is_train=True, overrides=None, root_path=None):
     """Load, override, validate and resolve ``opt_path``: the options a run uses, fully resolved."""
     opt = apply_overrides(load_options(opt_path), overrides)
-    schema = validate_options(opt, opt_path)
+    schema = validate_options(opt, opt_path, is_train)
     return resolve_options(opt, schema, opt_path, is_train, root_path)
 
 
@@ -170,10 +182,6 @@ def _resolve_dataset(dataset, phase_key, scale, where):
         paths = dataset[k] if isinstance(dataset[k], list) else [dataset[k]]
         paths = [osp.expanduser(p) if isinstance(p, str) else p for p in paths]
         dataset[k] = paths if isinstance(dataset[k], list) else paths[0]
-        for i, p in enumerate(paths):
-            if isinstance(p, str) and not osp.exists(p):
-                idx = f'[{i}]' if isinstance(dataset[k], list) else ''
-                raise OptionError(f'{where}datasets.{phase_key}.{k}{idx}: not found: {p}')
 
 
 def _resolve_train_outputs(opt):

@@ -10,8 +10,11 @@ from copy import deepcopy
 
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from irtoolkit.utils.errors import OptionError, UserError
+
 __all__ = [
     'ARCH_REGISTRY', 'DATASET_REGISTRY', 'LOSS_REGISTRY', 'METRIC_REGISTRY', 'MODEL_REGISTRY', 'OptionError',
+    'UserError',
     'import_package_modules', 'load_plugins', 'get_from_registry', 'build_from_registry', 'build_network', 'build_loss',
     'build_model', 'registry_kind', 'has_basicsr_interface'
 ]
@@ -20,10 +23,6 @@ _PKG_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # sub-package -> file suffix that marks a registering module
 _AUTO_IMPORT = {'archs': '_arch.py', 'losses': '_loss.py', 'models': '_model.py', 'data': '_dataset.py',
                 'metrics': '_metric.py'}
-
-
-class OptionError(ValueError):
-    """A wrong option: the message names the file (when known), the key and what was expected."""
 
 
 def import_package_modules():
@@ -96,8 +95,9 @@ def get_from_registry(registry, name, key):
     return obj
 
 
-def check_kwargs(fn, kwargs, key, what):
-    """Fail early when ``kwargs`` does not fit ``fn``'s signature (unknown or missing arguments)."""
+def check_kwargs(fn, kwargs, key, what, missing=True):
+    """Fail early when ``kwargs`` does not fit ``fn``'s signature (unknown arguments; missing ones with ``missing``;
+    models may add arguments they compute, so option checks pass ``missing=False``)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -111,10 +111,10 @@ def check_kwargs(fn, kwargs, key, what):
             close = difflib.get_close_matches(name, accepted, n=3, cutoff=0.5)
             hint = f'did you mean {", ".join(close)}?' if close else f'accepted: {", ".join(accepted)}'
             raise OptionError(f'{key}.{name}: unknown argument for {what}; {hint}')
-    missing = [n for n, p in params.items() if n != 'self' and p.default is p.empty
-               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in kwargs]
-    if missing:
-        raise OptionError(f'{key}: {what} needs {", ".join(missing)}')
+    absent = [n for n, p in params.items() if n != 'self' and p.default is p.empty
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in kwargs]
+    if absent and missing:
+        raise OptionError(f'{key}: {what} needs {", ".join(absent)}')
 
 
 def build_from_registry(registry, opt, key, **extra):

@@ -17,7 +17,7 @@ import re
 
 from irtoolkit.utils.registry import OptionError
 
-__all__ = ['ANY', 'NUM', 'Option', 'check_options', 'merge_schema', 'fill_defaults', 'schema_rows']
+__all__ = ['ANY', 'NUM', 'Option', 'check_options', 'option_problems', 'merge_schema', 'fill_defaults', 'schema_rows']
 
 ANY = object()
 NUM = (int, float)
@@ -89,9 +89,9 @@ def lookup(schema, key):
     return None
 
 
-def check_options(opt, schema, where='', prefix=''):
-    """Raise OptionError on the first unknown key or wrongly typed value (``where`` is the file, ``prefix`` the
-    key path so far)."""
+def option_problems(opt, schema, prefix=''):
+    """Every unknown key and wrongly typed value of ``opt``, one line each (``key: problem``)."""
+    found = []
     for key, value in opt.items():
         full = f'{prefix}{key}'
         entry = lookup(schema, str(key))
@@ -99,12 +99,20 @@ def check_options(opt, schema, where='', prefix=''):
             known = [k for k in schema if not k.startswith('re:')]
             close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
             hint = f'did you mean {", ".join(close)}?' if close else f'known keys: {", ".join(sorted(known))}'
-            raise OptionError(f'{where}{full}: unknown option; {hint}')
-        if not matches(value, entry):
-            raise OptionError(f'{where}{full}: expected {expected(entry)}, got {type(value).__name__} {value!r}')
-        spec = _spec(entry)
-        if isinstance(spec, dict) and isinstance(value, dict):
-            check_options(value, spec, where, full + '.')
+            found.append(f'{full}: unknown option; {hint}')
+        elif not matches(value, entry):
+            found.append(f'{full}: expected {expected(entry)}, got {type(value).__name__} {value!r}')
+        elif isinstance(_spec(entry), dict) and isinstance(value, dict):
+            found.extend(option_problems(value, _spec(entry), full + '.'))
+    return found
+
+
+def check_options(opt, schema, where=''):
+    """Raise one OptionError listing every problem of :func:`option_problems`, each line prefixed by ``where``
+    (the file)."""
+    found = option_problems(opt, schema)
+    if found:
+        raise OptionError('\n'.join(where + p for p in found))
 
 
 def merge_schema(base, extra):

@@ -20,6 +20,8 @@ import threading
 from collections import OrderedDict, namedtuple
 from urllib.parse import urlparse
 
+from irtoolkit.utils.errors import UserError
+
 ENV_VAR = 'IRTOOLKIT_WEIGHTS'
 DEFAULT_DIR = '~/.cache/irtoolkit/weights'
 
@@ -29,7 +31,7 @@ def weights_dir():
     return osp.abspath(osp.expanduser(os.environ.get(ENV_VAR) or DEFAULT_DIR))
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserError, FileNotFoundError):
     """A weight file is not where irtoolkit looks for it."""
 
     def __init__(self, message, filename=None):
