@@ -117,3 +117,23 @@ def test_describe_prints_model_and_arch_tables():
     unknown = run('--describe', 'NAFNett')
     assert unknown.returncode == 2 and unknown.stderr.strip().count('\n') == 0
     assert 'closest: NAFNet' in unknown.stderr
+
+
+def test_every_option_problem_of_a_file_in_one_run(tiny_data, in_tmp):
+    """Three mistakes, three lines, exit status 2 and no traceback; --debug shows the traceback."""
+    opt = tiny_options(tiny_data, 'bad', 10)
+    opt['trian'] = {}  # unknown key
+    opt['network_g']['widht'] = 8  # unknown constructor argument
+    opt['datasets']['train']['dataroot_gt'] = str(in_tmp / 'missing')  # missing path
+    path = write_options(opt, in_tmp / 'bad.yml')
+    proc = subprocess.run([sys.executable, f'{REPO}/irtoolkit/train.py', '-opt', path], cwd=in_tmp,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
+    assert len(lines) == 3, lines
+    assert 'bad.yml: trian: unknown option; did you mean train' in lines[0]
+    assert 'bad.yml: network_g.widht: unknown argument for NAFNet; did you mean width?' in lines[1]
+    assert lines[2].endswith(f'bad.yml: datasets.train.dataroot_gt: not found: {in_tmp / "missing"}')
+    debug = subprocess.run([sys.executable, f'{REPO}/irtoolkit/train.py', '-opt', path, '--debug'], cwd=in_tmp,
+                           capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and 'Traceback' in debug.stderr

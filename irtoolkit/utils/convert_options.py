@@ -1,0 +1,128 @@
+"""A BasicSR-layout or upstream IRConStyle recipe converted into an irtoolkit recipe, every change reported.
+
+What is mapped (upstream IRConStyle ``Dongqi-Fan/IRConStyle``, NAFNet's and Restormer's BasicSR forks, BasicSR):
+
+* model types: ``ConStyle`` -> ``ConStyleModel``; ``Origin``, ``ImageRestorationModel``, ``ImageCleanModel`` ->
+  ``RestorationModel``; basicsr's own models (``SRModel`` ...) stay, they run unchanged;
+* dataset types: ``Dataset_Paired`` / ``Dataset_PairedImage`` / ``Dataset_Dehaze`` -> ``PairedRestorationDataset``
+  (dehazing pairs many hazy images with one clear image by name: ``gt_name_sub``);
+  ``Dataset_GaussianDenoising`` -> ``SyntheticDegradationDataset`` with a ``gaussian_noise`` degradation;
+* ``train.CrossEntropy_opt: {type: CrossEntropyLoss}`` -> ``train.infonce_opt: {type: QueueInfoNCELoss}``;
+* dropped, with the reason: ``gpu_id`` (use ``CUDA_VISIBLE_DEVICES``), ``prefetch_mode: cuda`` (irtoolkit's loaders
+  pin memory instead), ``mixing_augs`` with ``mixup: false`` on models without mixup, test-only top-level keys
+  (``test``, ``crop_border``), an empty ``logger.wandb`` (no project); top-level ``suffix`` / ``save_img`` of test
+  recipes move under ``val``;
+* numbers YAML read as floats where an int is meant (``val_freq: !!float 5e3``) become ints.
+
+Whatever still does not pass irtoolkit's option checks afterwards (unknown keys, types, names) is reported as not
+mapped, one line each; data paths are left as they are.
+"""
+from copy import deepcopy
+
+from irtoolkit.utils.option_checks import registry_problems
+from irtoolkit.utils.options import model_schema
+from irtoolkit.utils.schema import option_problems
+
+__all__ = ['convert_options']
+
+MODEL_TYPES = {'ConStyle': 'ConStyleModel', 'Origin': 'RestorationModel', 'ImageRestorationModel': 'RestorationModel',
+               'ImageCleanModel': 'RestorationModel'}
+PAIRED_TYPES = ('Dataset_Paired', 'Dataset_PairedImage', 'Dataset_Dehaze')
+DROPPED_TOP = {'gpu_id': 'select GPUs with CUDA_VISIBLE_DEVICES', 'test': 'the runner (test.py) says it',
+               'crop_border': 'set per metric (val.metrics.<name>.crop_border)'}
+INT_KEYS = (('val', 'val_freq'), ('logger', 'print_freq'), ('logger', 'save_checkpoint_freq'),
+            ('train', 'total_iter'), ('train', 'warmup_iter'), ('train', 'ConStyle_iter'))
+
+
+class _Report:
+
+    def __init__(self):
+        self.changes, self.unmapped = [], []
+
+    def change(self, key, what):
+        self.changes.append(f'{key}: {what}')
+
+
+def _model(opt, report):
+    old = opt.get('model_type')
+    if old in MODEL_TYPES:
+        opt['model_type'] = MODEL_TYPES[old]
+        report.change('model_type', f'{old} -> {opt["model_type"]}')
+    for key, why in DROPPED_TOP.items():
+        if key in opt:
+            report.change(key, f'dropped ({why})')
+            del opt[key]
+    for key in ('suffix', 'save_img'):
+        if key in opt:
+            value = opt.pop(key)
+            if value is not None:
+                opt.setdefault('val', {})[key] = value
+            report.change(key, f'moved to val.{key}' if value is not None else 'dropped (unset)')
+
+
+def _dataset(key, d, report):
+    where = f'datasets.{key}'
+    if d.get('prefetch_mode') == 'cuda':
+        del d['prefetch_mode']
+        report.change(f'{where}.prefetch_mode', 'cuda dropped (irtoolkit loaders pin memory)')
+    kind = d.get('type')
+    if kind in PAIRED_TYPES:
+        d['type'] = 'PairedRestorationDataset'
+        report.change(f'{where}.type', f'{kind} -> PairedRestorationDataset')
+        if kind == 'Dataset_Dehaze':
+            d.setdefault('gt_name_sub', ['_.*$', ''])
+            report.change(f'{where}.gt_name_sub', "['_.*$', ''] (hazy 0005_0.8_0.04 pairs with clear 0005)")
+    elif kind == 'Dataset_GaussianDenoising':
+        sigma = d.pop('sigma_test', None) if 'sigma_test' in d else d.pop('sigma_range', None)
+        for k in ('sigma_type', 'sigma_range', 'in_ch'):
+            d.pop(k, None)
+        if str(d.get('dataroot_lq')).lower() in ('none', 'null'):
+            d.pop('dataroot_lq')
+        d.update(type='SyntheticDegradationDataset', degradations=[{'type': 'gaussian_noise', 'sigma': sigma}])
+        report.change(f'{where}.type', f'Dataset_GaussianDenoising -> SyntheticDegradationDataset with '
+                      f'gaussian_noise sigma {sigma}')
+
+
+def _train(opt, report):
+    train = opt.get('train') or {}
+    ce = train.get('CrossEntropy_opt')
+    if isinstance(ce, dict) and ce.get('type') == 'CrossEntropyLoss' and 'infonce_opt' not in train:
+        train['infonce_opt'] = dict(ce, type='QueueInfoNCELoss')
+        del train['CrossEntropy_opt']
+        report.change('train.CrossEntropy_opt', 'CrossEntropyLoss -> train.infonce_opt: {type: QueueInfoNCELoss}')
+    mix = train.get('mixing_augs')
+    schema_train = model_schema(opt.get('model_type', 'RestorationModel')).get('train') or {}
+    schema_train = getattr(schema_train, 'spec', schema_train)
+    if isinstance(mix, dict) and 'mixing_augs' not in schema_train and not mix.get('mixup'):
+        del train['mixing_augs']
+        report.change('train.mixing_augs', f'dropped (mixup off; {opt.get("model_type")} has no mixup)')
+
+
+def _logger_and_ints(opt, report):
+    wandb = (opt.get('logger') or {}).get('wandb')
+    if isinstance(wandb, dict) and not wandb.get('project'):
+        del opt['logger']['wandb']
+        report.change('logger.wandb', 'dropped (no project: tracking off)')
+    for section, key in INT_KEYS:
+        value = (opt.get(section) or {}).get(key)
+        if isinstance(value, float) and value.is_integer():
+            opt[section][key] = int(value)
+            report.change(f'{section}.{key}', f'{value!r} -> {int(value)}')
+
+
+def convert_options(opt):
+    """``(converted options, changes, unmapped)``: ``opt`` is not modified; ``changes`` and ``unmapped`` are lines
+    ``key: what``."""
+    opt, report = deepcopy(opt), _Report()
+    _model(opt, report)
+    for key, d in (opt.get('datasets') or {}).items():
+        if isinstance(d, dict):
+            _dataset(key, d, report)
+    _logger_and_ints(opt, report)
+    try:
+        _train(opt, report)
+        schema = model_schema(opt.get('model_type', 'RestorationModel'))
+        report.unmapped += option_problems(opt, schema) + registry_problems(opt, schema)
+    except ValueError as err:  # an unknown model type: nothing else can be checked against its schema
+        report.unmapped.append(str(err))
+    return opt, report.changes, report.unmapped
