@@ -23,6 +23,7 @@ from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.describe import describe
 from irtoolkit.engine.logging import TrainProgress, get_logger, init_tb_logger
 from irtoolkit.engine.tracking import build_tracker, sample_strip
+from irtoolkit.models.nonfinite import NonFiniteError
 from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_training_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.dist import run_device
@@ -144,6 +145,7 @@ class Trainer:
         self.opt, self.rank = opt, opt['rank']
         self.auto_resume, self.launcher = auto_resume, launcher
         self.epoch, self.current_iter, self.start_batch, self.batch_idx = 0, 0, 0, 0
+        self.last_checkpoint = None
         self.total_iter = int(opt['train']['total_iter'])
 
     # ------------------------------------------------------------------ prepare
@@ -201,6 +203,7 @@ class Trainer:
         self.epoch, self.current_iter = self.state['epoch'], self.state['iter']
         self.start_batch = self.batch_idx = self.state.get('batch_in_epoch', 0)
         set_rng_state(self.state['rng'])
+        self.last_checkpoint = self.resume_path
         self.logger.info(f'Resuming training from {self.resume_path}: epoch {self.epoch}, iter {self.current_iter}')
         if self.start_batch >= len(self.train_loader):
             self.epoch, self.start_batch = self.epoch + 1, 0
@@ -214,8 +217,12 @@ class Trainer:
             self.close()
             return
         self.logger.info(f'Start training from epoch: {self.epoch}, iter: {self.current_iter}')
-        while self.current_iter < self.total_iter:
-            self.train_epoch()
+        try:
+            while self.current_iter < self.total_iter:
+                self.train_epoch()
+        except NonFiniteError as err:
+            self.close()
+            raise NonFiniteError(f'{err}; last good checkpoint: {self.last_checkpoint or "none yet"}') from None
         self.finish()
 
     def train_epoch(self):
@@ -262,6 +269,7 @@ class Trainer:
     def checkpoint(self):
         self.logger.info(f'Saving models and training states at iter {self.current_iter}.')
         self.model.save(self.current_iter, self.epoch, self.batch_idx)
+        self.last_checkpoint = osp.join(self.opt['path']['training_states'], f'{self.current_iter}.state')
         if self.rank == 0:
             prune_checkpoints(self.opt['path']['models'], self.opt['path']['training_states'],
                               self.opt['logger'].get('keep_last_checkpoints'))

@@ -32,6 +32,7 @@ from copy import deepcopy
 
 import torch
 
+from irtoolkit.models.nonfinite import NonFiniteError, NonFiniteGuard
 from irtoolkit.models.validation import ImageValidation
 from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, load_checkpoint, read_state_dict
 from irtoolkit.utils.dist import bare, get_dist_info, reduce_mean, run_device, wrap_ddp
@@ -63,6 +64,7 @@ class BaseModel(ImageValidation):
         self.log_dict = OrderedDict()
         self.best_metric_results = {}  # dataset -> metric -> (best value, iter)
         self._unsaved = set()
+        self.guard, self._skipped_iter = NonFiniteGuard((opt.get('train') or {}).get('nonfinite')), None
         self._setup_precision((opt.get('train') or {}) if self.is_train else {})
         self.setup_networks()
         if self.is_train:
@@ -172,7 +174,10 @@ class BaseModel(ImageValidation):
 
     @torch.no_grad()
     def update_ema(self):
-        """EMA of parameters; buffers (BatchNorm statistics, queues) are copied, not averaged."""
+        """EMA of parameters; buffers (BatchNorm statistics, queues) are copied, not averaged. Not after an
+        iteration whose step the non-finite guard skipped."""
+        if self._skipped_iter is not None and self._skipped_iter == self.guard.iteration:
+            return
         for name, ema in self.ema_networks.items():
             src = bare(self.networks[name])
             src_params = dict(src.named_parameters())
@@ -222,10 +227,19 @@ class BaseModel(ImageValidation):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def backward_step(self, loss, optimizer_names, params=None, retain_graph=False):
-        """Backward, unscale, clip (``train.grad_clip``) and step the named optimisers."""
+    def backward_step(self, loss, optimizer_names, params=None, retain_graph=False, terms=None):
+        """Backward, then — unless the non-finite guard stops or skips it (``terms``: the loss terms by name, for
+        the message) — unscale, clip (``train.grad_clip``) and step the named optimisers. Returns whether it
+        stepped."""
         names = [optimizer_names] if isinstance(optimizer_names, str) else list(optimizer_names)
         self.scaler.scale(loss).backward(retain_graph=retain_graph)
+        groups = [p for n in names for g in self.optimizers[n].param_groups for p in g['params']]
+        grads = None if self.scaler.is_enabled() else [p.grad for p in groups if p.grad is not None]
+        if not self.guard.allow_step(loss, terms, grads, names):
+            for p in groups:
+                p.grad = None
+            self._skipped_iter = self.guard.iteration
+            return False
         for n in names:
             opt = self.optimizers[n]
             if self.grad_clip:
@@ -234,12 +248,15 @@ class BaseModel(ImageValidation):
                 torch.nn.utils.clip_grad_norm_(group_params, **self.grad_clip)
             self.scaler.step(opt)
         self.scaler.update()
+        return True
 
     def zero_grad(self, *names):
         for n in names:
             self.optimizers[n].zero_grad(set_to_none=True)
 
     def update_learning_rate(self, current_iter, warmup_iter=-1):
+        """The runner's first call of every iteration: schedulers step, warm-up, and the iteration is noted."""
+        self.guard.iteration = current_iter
         if current_iter > 1:
             for s in self.schedulers:
                 s.step()
@@ -276,9 +293,13 @@ class BaseModel(ImageValidation):
         pass
 
     def save(self, current_iter, epoch=0, batch_in_epoch=0):
-        """Networks first, then the training state; each file atomically. ``current_iter`` may be 'latest'."""
+        """Networks first, then the training state; each file atomically. ``current_iter`` may be 'latest'.
+        Never non-finite weights: a network with a NaN or an infinity stops the run instead."""
         if self.rank != 0:
             return
+        for name, net in list(self.networks.items()) + [(f'{k} (EMA)', v) for k, v in self.ema_networks.items()]:
+            if not all(torch.isfinite(p).all() for p in bare(net).parameters()):
+                raise NonFiniteError(f'iteration {current_iter}: {name} has non-finite weights; not saved')
         for name in self.networks:
             if name not in self._unsaved:
                 self.save_network_file(name, current_iter)

@@ -96,7 +96,7 @@ class ConStyleModel(RestorationModel):
             total = total + c_total
             loss_dict.update(c_dict)
         loss_dict['l_total'] = total
-        self.backward_step(total, 'g')
+        self.backward_step(total, 'g', terms=loss_dict)
         self.reduce_loss_dict(loss_dict)
         self.update_ema()
 

@@ -98,7 +98,7 @@ class ConStylePretrainModel(BaseModel):
             loss_dict['l_cls'] = self.losses['cls'](out['logits_q'].float(), self.label)
             total = total + loss_dict['l_cls']
         loss_dict['l_total'] = total
-        self.backward_step(total, 'g')
+        self.backward_step(total, 'g', terms=loss_dict)
         self.reduce_loss_dict(loss_dict)
         self.update_ema()
 

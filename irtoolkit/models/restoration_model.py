@@ -46,6 +46,6 @@ class RestorationModel(BaseModel):
         with self.autocast():
             self.output = self.net_g(self.lq)
         total, loss_dict = self.compute_losses(self.output.float(), self.gt)
-        self.backward_step(total, 'g')
+        self.backward_step(total, 'g', terms=loss_dict)
         self.reduce_loss_dict(loss_dict)
         self.update_ema()

@@ -91,6 +91,16 @@ def all_gather_cat(tensor):
     return torch.cat(parts, dim=0)
 
 
+def any_rank(flag):
+    """True when ``flag`` is true on any rank (one all-reduce when distributed): ranks decide together."""
+    _, world = get_dist_info()
+    if world == 1:
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def reduce_mean(value):
     """Average a float or tensor over ranks (for logging)."""
     _, world = get_dist_info()

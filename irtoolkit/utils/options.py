@@ -16,6 +16,7 @@ import yaml
 from irtoolkit.utils.recipe import SafeLoader, load_recipe, yaml_load
 from irtoolkit.utils.registry import (MODEL_REGISTRY, OptionError, get_from_registry, has_basicsr_interface,
                                       load_plugins)
+from irtoolkit.models.nonfinite import NONFINITE_SCHEMA
 from irtoolkit.utils.option_checks import path_problems, registry_problems
 from irtoolkit.utils.schema import ANY, NUM, Option, fill_defaults, merge_schema, option_problems
 
@@ -58,6 +59,7 @@ BASE_SCHEMA = {
         're:^optim_\\w+$': Option(dict, doc='an optimiser ({type: Adam|AdamW|..., lr, ...}) named by the model'),
         're:^\\w+_opt$': Option(dict, doc='a loss ({type: <registered loss>, ...}) named by the model'),
         'amp': Option({'enabled': bool, 'dtype': _amp_dtype}, doc='mixed precision: {enabled, dtype: bf16|fp16}'),
+        'nonfinite': Option(NONFINITE_SCHEMA, doc='the non-finite guard before every optimiser step'),
     },
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
             'max_save_images': int, 'val_on_rank0_only': bool},
@@ -138,7 +140,10 @@ def resolve_options(opt, schema, opt_path, is_train=True, root_path=None):
     """Step 4: a copy of ``opt`` with the schema's defaults, the device, dataset phases (paths checked now, not after
     the model is built) and the experiment / results folders filled in, as BasicSR's parse does."""
     where = f'{opt_path}: '
+    had_train = 'train' in opt
     opt = fill_defaults(deepcopy(opt), schema)
+    if not is_train and not had_train:  # training defaults mean nothing to a test run
+        opt.pop('train', None)
     opt.update(is_train=is_train, opt_path=osp.abspath(opt_path))
     for key, value in (('scale', 1), ('manual_seed', 0), ('device', 'auto')):
         opt.setdefault(key, value)
