@@ -198,6 +198,8 @@ def test_output_equals_upstream(name):
     assert diff < ATOL, f'{name}: sampled outputs differ from upstream by {diff:.2e}'
     for key in ('mean', 'mean_abs', 'weighted_mean'):
         assert abs(got[key] - expected[key]) < ATOL, f'{name}: {key} {got[key]} vs upstream {expected[key]}'
-    # the configuration is not degenerate: the network changes its input by a clear margin
-    assert abs(got['mean_abs'] - make_input(CONFIGS[name][2]).abs().mean().item()) > 1e-2 or \
-        expected['residual_mean_abs'] > 1e-2
+    # not a degenerate configuration: the network moves its input by a clear margin
+    if expected['residual_mean_abs'] is not None:
+        assert expected['residual_mean_abs'] > 0.1
+        residual = (out - make_input(CONFIGS[name][2])).abs().mean().item()
+        assert abs(residual - expected['residual_mean_abs']) < ATOL
