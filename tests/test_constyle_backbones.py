@@ -17,6 +17,7 @@ import zlib
 import pytest
 import torch
 
+from irtoolkit.archs.arch_util import pad_to_multiple
 from irtoolkit.utils.registry import build_network
 
 HERE = osp.dirname(osp.abspath(__file__))
@@ -24,8 +25,8 @@ EXPECTED = osp.join(HERE, 'data', 'constyle_backbones_upstream.json')
 ATOL = 2e-4  # float32 through ~100 layers; measured differences are ~1e-6 (see docs/constyle.md)
 
 MAXIM_SMALL = dict(features=8, block_size_hr=(4, 4), grid_size_hr=(4, 4), block_size_lr=(2, 2), grid_size_lr=(4, 4))
-UFORMER_SMALL = dict(img_size=32, embed_dim=8, depths=[1, 2, 1, 1, 1, 1, 1, 2, 1], num_heads=[1, 2, 2, 2, 2, 2, 2, 2, 1],
-                     win_size=4)
+UFORMER_SMALL = dict(img_size=32, embed_dim=8, depths=[1, 2, 1, 1, 1, 1, 1, 2, 1],
+                     num_heads=[1, 2, 2, 2, 2, 2, 2, 2, 1], win_size=4)
 # name: (registered arch, small configuration, input shape)
 CONFIGS = {
     'Maxim': ('Maxim', MAXIM_SMALL, (1, 3, 32, 64)),
@@ -203,3 +204,82 @@ def test_output_equals_upstream(name):
         assert expected['residual_mean_abs'] > 0.1
         residual = (out - make_input(CONFIGS[name][2])).abs().mean().item()
         assert abs(residual - expected['residual_mean_abs']) < ATOL
+
+
+# ---------------------------------------------------------------------------------------------------- any size
+def _reference_on_padded(net, x):
+    """What the network computes on an input padded by hand to its multiple (the crop of it)."""
+    h, w = x.shape[-2:]
+    if hasattr(net, 'restore'):  # ConStyle networks: reflect padding, prior and backbone on the padded image
+        xp, _ = pad_to_multiple(x, net.pad_multiple, mode='reflect')
+        return net.restore(xp, *net.ConStyle.encode(xp))[..., :h, :w]
+    if hasattr(net, 'padder_size'):  # KBNet: zero padding, as upstream
+        xp, _ = pad_to_multiple(x, net.padder_size)
+    else:
+        xp, _ = pad_to_multiple(x, net.pad_multiple, mode='reflect')
+    return net(xp)[..., :h, :w]
+
+
+@pytest.mark.parametrize('name', ['Maxim', 'ConStyleMaxim', 'KBNet', 'ConStyleKBNet', 'Uformer', 'ConStyleUformer'])
+def test_any_input_size_pads_inside_and_crops(name):
+    torch.manual_seed(0)
+    net = build_small(name).eval()
+    net.load_state_dict(fill_state(net.state_dict()))
+    x = make_input((1, 3, 21, 45))
+    with torch.no_grad():
+        y = net(x)
+        ref = _reference_on_padded(net, x)
+    assert y.shape == x.shape
+    assert torch.allclose(y, ref, atol=1e-5)
+
+
+def test_pad_multiples_follow_the_windows():
+    assert build_network({'type': 'Maxim', **MAXIM_SMALL}).pad_multiple == (32, 32)
+    with torch.device('meta'):
+        assert build_network({'type': 'Maxim'}).pad_multiple == (64, 64)  # upstream's Dataset_Maxim* pad to 64
+        assert build_network({'type': 'ConStyleMaxim', 'block_size_hr': (8, 4)}).pad_multiple == (64, 64)
+        assert build_network({'type': 'Uformer'}).pad_multiple == 128
+        assert build_network({'type': 'ConStyleUformer'}).pad_multiple == 64
+        assert build_network({'type': 'ConStyleKBNet'}).pad_multiple == 8
+    assert build_small('Uformer').pad_multiple == 32  # windows shrink to 4 and 2 at the two lowest levels
+
+
+# ---------------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize('name', ['ConStyleMaxim', 'ConStyleKBNet', 'ConStyleUformer'])
+def test_constyle_training_forward(name):
+    torch.manual_seed(0)
+    net = build_small(name, Train=True, constyle_opt={'K': 16}).train()
+    lq, gt = make_input((2, 3, 20, 30)), make_input((2, 3, 20, 30)).flip(-1)
+    out = net(lq, gt)
+    assert out['output'].shape == lq.shape
+    assert out['k'].shape == (2, 128) and out['queue'].shape == (128, 16)
+    assert int(net.ConStyle.queue_ptr) == 2
+    (out['output'].abs().mean() + out['q'][1].pow(2).mean()).backward()
+    assert net.mlp[0].weight.grad is not None and net.ConStyle.encoder_q.stage1[0][0].weight.grad is not None
+    assert net.Finetune_Module[0].weight.grad.abs().sum() > 0 if name != 'ConStyleUformer' else \
+        net.Finetune_Module.proj[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='differ'):
+        net(lq, gt[..., :16])
+
+
+@pytest.mark.parametrize('name', ['Maxim', 'KBNet', 'Uformer'])
+def test_baseline_trains(name):
+    torch.manual_seed(0)
+    net = build_small(name).train()
+    x = make_input((2, 3, 20, 30))
+    net(x).abs().mean().backward()
+    unused = [n for n, p in net.named_parameters() if p.grad is None]  # not in the graph
+    # upstream builds them but single-stage MAXIM never calls them; Uformer's norm_cross output is discarded
+    allowed = ('.cross_gating_block.', 'UNetEncoderBlock_0.Conv_1.', '.norm_cross.')
+    assert all(any(a in n for a in allowed) for n in unused), [n for n in unused if not any(a in n for a in allowed)]
+
+
+def test_uformer_checkpointing_and_unsupported_options():
+    torch.manual_seed(0)
+    net = build_network({'type': 'Uformer', **UFORMER_SMALL, 'use_checkpoint': True}).train()
+    net(make_input((1, 3, 32, 32))).mean().backward()
+    assert net.input_proj.proj[0].weight.grad is not None
+    with pytest.raises(ValueError, match='fastleff'):
+        build_network({'type': 'Uformer', **UFORMER_SMALL, 'token_mlp': 'fastleff'})
+    with pytest.raises(ValueError, match='depth and num_supervision_scales'):
+        build_network({'type': 'Maxim', 'depth': 4})

@@ -1,6 +1,6 @@
 """ConStyleMaxim (IRConStyle, Fan et al., arXiv 2402.15784): MAXIM-1S's blocks (Tu et al., arXiv 2201.02973) in
-the ConStyle U-Net, with upstream's constructor arguments, defaults and state_dict keys (``archs/ConStyle_Maxim_arch.py``
-of Dongqi-Fan/IRConStyle), so its checkpoints load with ``strict=True``.
+the ConStyle U-Net, with upstream's constructor arguments, defaults and state_dict keys
+(``archs/ConStyle_Maxim_arch.py`` of Dongqi-Fan/IRConStyle), so its checkpoints load with ``strict=True``.
 
 Structure for an input (B, 3, H, W), f = ``features``:
 

@@ -24,7 +24,6 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
