@@ -408,8 +408,8 @@ def pad_multiple_of(layers_by_level):
 @ARCH_REGISTRY.register()
 class Uformer(nn.Module):
     """Uformer with upstream IRConStyle's (the official) arguments and defaults: embed_dim 32, depths 2 x 9, heads
-    [1, 2, 4, 8, 16, 16, 8, 4, 2], window 8, LeFF, linear token projection (20,628,317 parameters; Uformer-S of
-    the paper's table is ``modulator=True`` at 20.6 M as well, the thop figure of upstream's file is 20.75 M).
+    [1, 2, 4, 8, 16, 16, 8, 4, 2], window 8, LeFF, linear token projection: 20,628,317 parameters (20,751,197
+    with ``modulator=True``, the configuration behind the "20.75 M" note in upstream's file).
 
     ``img_size`` sets the construction-time resolution of each level (a level at or below ``win_size`` uses its
     own size as the window: it changes parameter shapes). ``dd_in`` input channels, ``in_chans`` output channels
