@@ -3,9 +3,11 @@ import torch.nn.functional as F
 
 
 def pad_to_multiple(x, multiple, mode='constant'):
-    """Pad (B, C, H, W) on the bottom/right so H and W are multiples of ``multiple``; returns (x, (H, W))."""
+    """Pad (B, C, H, W) on the bottom/right so H and W are multiples of ``multiple`` (an int, or (mh, mw) for the
+    two axes); returns (x, (H, W))."""
+    mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph, pw = (-h) % mh, (-w) % mw
     if ph or pw:
         if mode == 'reflect' and (ph >= h or pw >= w):
             mode = 'replicate'  # reflect needs pad < size

@@ -65,8 +65,62 @@ class AffineTransform(nn.Sequential):
         super().__init__(nn.Conv2d(cin, dim, 1, bias=False), act_layer)
 
 
+class ConStyleNet(nn.Module):
+    """What every ConStyle network shares: the calls and the checkpoint loader.
+
+    A subclass builds ``self.ConStyle`` (a :class:`~irtoolkit.archs.constyle_arch.ConStyle`) and defines
+    ``restore(inp, latent, feas)`` for inputs whose H and W are multiples of ``pad_multiple``; ``pad_input`` may be
+    overridden when a backbone needs another padding.
+
+    Calls: ``net(lq)`` -> (B, C, H, W) for any H, W (padded inside, cropped back); ``net(lq, gt)`` ->
+    :meth:`forward_train`'s dict.
+    """
+
+    pad_multiple = 8  # three PixelUnshuffles and the prior's stride-8 map
+
+    def pad_input(self, x):
+        return pad_to_multiple(x, self.pad_multiple, mode='reflect')
+
+    def restore(self, inp, latent, feas):
+        raise NotImplementedError
+
+    def forward(self, lq, gt=None):
+        if gt is not None:
+            return self.forward_train(lq, gt)
+        x, size = self.pad_input(lq)
+        latent, feas = self.ConStyle.encode(x)
+        return crop_to(self.restore(x, latent, feas), size)
+
+    def forward_train(self, lq, gt):
+        """Training step: ConStyle's :meth:`~irtoolkit.archs.constyle_arch.ConStyle.train_forward` on (lq, gt)
+        (momentum update and enqueue included) plus ``output``, the restored (B, C, H, W) image."""
+        if lq.shape != gt.shape:
+            raise ValueError(f"{type(self).__name__}.forward_train: lq {tuple(lq.shape)} and gt {tuple(gt.shape)} "
+                             "differ")
+        x, size = self.pad_input(lq)
+        g, _ = self.pad_input(gt)
+        out = self.ConStyle.train_forward(x, g)
+        out['output'] = crop_to(self.restore(x, out['q'][1], out['feas']), size)
+        return out
+
+    def load_checkpoint_state(self, state, strict=True):
+        """Load a state dict (upstream or ours). A ``Train=False`` build skips exactly the key encoder and the queue
+        (``ConStyle.encoder_k.*``, ``ConStyle.queue``, ``ConStyle.queue_ptr``); everything else is strict."""
+        own = self.state_dict()
+        if not self.ConStyle.Train:
+            skipped = [k for k in state if k.startswith('ConStyle.encoder_k.') or k in KEY_ENCODER_KEYS]
+            if skipped:
+                logger.info(f'{type(self).__name__} (Train=False): skipping {len(skipped)} key-encoder/queue entries')
+            state = {k: v for k, v in state.items() if k not in set(skipped)}
+        if 'ConStyle.queue' in state and 'ConStyle.queue' in own and state['ConStyle.queue'].shape != own[
+                'ConStyle.queue'].shape:
+            raise ValueError(f'{type(self).__name__}: checkpoint queue is {tuple(state["ConStyle.queue"].shape)}, '
+                             f'network queue {tuple(own["ConStyle.queue"].shape)}; set constyle_opt.K to match')
+        return self.load_state_dict(state, strict=strict)
+
+
 @ARCH_REGISTRY.register()
-class ConStyleUNet(nn.Module):
+class ConStyleUNet(ConStyleNet):
     """The general ConStyle restoration network.
 
     Args:
@@ -158,38 +212,3 @@ class ConStyleUNet(nn.Module):
         x = self.Process_Module_r2(self.UC2(x, l2))
         x = self.Process_Module_r1(self.UC1(x, l1))
         return self.Finetune_Module(x) + inp
-
-    def forward(self, lq, gt=None):
-        if gt is not None:
-            return self.forward_train(lq, gt)
-        x, size = pad_to_multiple(lq, 8, mode='reflect')
-        latent, feas = self.ConStyle.encode(x)
-        return crop_to(self.restore(x, latent, feas), size)
-
-    def forward_train(self, lq, gt):
-        """Training step: ConStyle's :meth:`~irtoolkit.archs.constyle_arch.ConStyle.train_forward` on (lq, gt)
-        (momentum update and enqueue included) plus ``output``, the restored (B, C, H, W) image."""
-        if lq.shape != gt.shape:
-            raise ValueError(f"{type(self).__name__}.forward_train: lq {tuple(lq.shape)} and gt {tuple(gt.shape)} "
-                             "differ")
-        x, size = pad_to_multiple(lq, 8, mode='reflect')
-        g, _ = pad_to_multiple(gt, 8, mode='reflect')
-        out = self.ConStyle.train_forward(x, g)
-        out['output'] = crop_to(self.restore(x, out['q'][1], out['feas']), size)
-        return out
-
-    # ------------------------------------------------------------------ checkpoints
-    def load_checkpoint_state(self, state, strict=True):
-        """Load a state dict (upstream or ours). A ``Train=False`` build skips exactly the key encoder and the queue
-        (``ConStyle.encoder_k.*``, ``ConStyle.queue``, ``ConStyle.queue_ptr``); everything else is strict."""
-        own = self.state_dict()
-        if not self.ConStyle.Train:
-            skipped = [k for k in state if k.startswith('ConStyle.encoder_k.') or k in KEY_ENCODER_KEYS]
-            if skipped:
-                logger.info(f'{type(self).__name__} (Train=False): skipping {len(skipped)} key-encoder/queue entries')
-            state = {k: v for k, v in state.items() if k not in set(skipped)}
-        if 'ConStyle.queue' in state and 'ConStyle.queue' in own and state['ConStyle.queue'].shape != own[
-                'ConStyle.queue'].shape:
-            raise ValueError(f'{type(self).__name__}: checkpoint queue is {tuple(state["ConStyle.queue"].shape)}, '
-                             f'network queue {tuple(own["ConStyle.queue"].shape)}; set constyle_opt.K to match')
-        return self.load_state_dict(state, strict=strict)
