@@ -1,4 +1,4 @@
-"""Datasets and loaders from options: registry lookup, a resumable sampler, seeded workers."""
+"""Datasets and loaders from options: registry lookup, a resumable sampler, guarded samples, seeded workers."""
 import math
 import random
 from functools import partial
@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from irtoolkit.engine.sample_guard import EpochTagged, SampleGuard
 from irtoolkit.utils.registry import DATASET_REGISTRY, get_from_registry
 
 
@@ -56,10 +57,15 @@ def _worker_init(worker_id, num_workers, rank, seed):
     torch.manual_seed(worker_seed)
 
 
-def build_dataloader(dataset, dataset_opt, phase, world_size=1, rank=0, seed=0, use_cuda=False):
+def build_dataloader(dataset, dataset_opt, phase, world_size=1, rank=0, seed=0, use_cuda=False, key=None):
     """Train loaders shuffle through :class:`ResumableSampler` and drop the last partial batch; val/test
-    loaders take one image at a time in order. ``persistent_workers`` defaults to on when workers are used
-    (re-spawning workers every epoch costs seconds per epoch on CPU)."""
+    loaders take one image at a time in order. Every sample is read through a
+    :class:`~irtoolkit.engine.sample_guard.SampleGuard` (bad samples named; training randomness per sample and
+    epoch). ``persistent_workers`` defaults to on when workers are used (re-spawning workers every epoch costs
+    seconds per epoch on CPU)."""
+    key = key or f'datasets.{phase}'
+    dataset = SampleGuard(dataset, key, dataset_opt.get('bad_samples') or 'error',
+                          float(dataset_opt.get('bad_samples_max_fraction') or 0.01), seed)
     workers = int(dataset_opt.get('num_worker_per_gpu', 0) or 0)
     common = dict(num_workers=workers, pin_memory=dataset_opt.get('pin_memory', use_cuda),
                   # our own generator: creating an iterator must not consume the global torch RNG (exact resume)
@@ -77,12 +83,13 @@ def build_dataloader(dataset, dataset_opt, phase, world_size=1, rank=0, seed=0, 
         if hasattr(dataset, 'make_batch_sampler'):
             # datasets that compose their own batches (e.g. every degradation in each batch); the sampler has the
             # same surface as ResumableSampler: set_epoch(epoch, start_in_samples), len() in batches
-            batch_sampler = dataset.make_batch_sampler(batch, world_size, rank, ratio, seed)
+            batch_sampler = EpochTagged(dataset.make_batch_sampler(batch, world_size, rank, ratio, seed))
             return DataLoader(dataset, batch_sampler=batch_sampler, **common), batch_sampler
         sampler = ResumableSampler(dataset, world_size, rank, ratio, dataset_opt.get('use_shuffle', True), seed)
         if sampler.num_samples < batch:
             raise ValueError(f'datasets.train: {sampler.num_samples} samples per rank < batch_size_per_gpu {batch}; '
                              'raise dataset_enlarge_ratio or lower the batch size')
+        sampler = EpochTagged(sampler)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, **common)
         return loader, sampler
     loader = DataLoader(dataset, batch_size=dataset_opt.get('batch_size_per_gpu', 1) or 1, shuffle=False, **common)

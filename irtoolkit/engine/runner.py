@@ -7,6 +7,7 @@ test outputs in ``results/<name>``.
 """
 import argparse
 import json
+import logging
 import math
 import os
 import os.path as osp
@@ -25,7 +26,7 @@ from irtoolkit.engine.logging import TrainProgress, get_logger, init_tb_logger
 from irtoolkit.engine.tracking import build_tracker, sample_strip
 from irtoolkit.models.nonfinite import NonFiniteError
 from irtoolkit.utils import dist as dist_util
-from irtoolkit.utils.checkpoint import latest_training_state, prune_checkpoints, safe_load, set_rng_state
+from irtoolkit.utils.checkpoint import latest_usable_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.dist import run_device
 from irtoolkit.utils.options import copy_options, dict2str, parse_options
 from irtoolkit.utils.errors import UserError
@@ -55,6 +56,10 @@ def set_random_seed(seed):
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+class WorkerDiedError(UserError):
+    """A data-loader worker was killed (out of memory, a signal) or crashed."""
 
 
 def build_training_model(opt, state=None):
@@ -152,9 +157,10 @@ class Trainer:
     def prepare(self):
         opt = self.opt
         self.resume_path = opt['path'].get('resume_state')
-        if self.auto_resume and not self.resume_path:
-            self.resume_path = latest_training_state(opt['path']['training_states'])
-        self.state = safe_load(self.resume_path) if self.resume_path else None
+        self.state = safe_load(self.resume_path) if self.resume_path else None  # explicit: must load
+        if self.auto_resume and not self.resume_path:  # the newest state whose files all load
+            self.resume_path, self.state = latest_usable_state(opt['path']['training_states'], opt['path']['models'],
+                                                               logging.getLogger('irtoolkit').warning)
         if self.rank == 0:
             if self.state is None:
                 fresh_experiment_dir(opt)
@@ -189,9 +195,10 @@ class Trainer:
         self.train_opt = train_opt = opt['datasets']['train']
         train_set = build_dataset(train_opt, 'datasets.train')
         self.train_loader, self.sampler = build_dataloader(train_set, train_opt, 'train', opt['world_size'], self.rank,
-                                                           seed, use_cuda)
-        self.val_loaders = [build_dataloader(build_dataset(d, f'datasets.{k}'), d, 'val', 1, 0, seed, use_cuda)[0]
-                            for k, d in opt['datasets'].items() if k.startswith('val')]
+                                                           seed, use_cuda, 'datasets.train')
+        self.val_loaders = [build_dataloader(build_dataset(d, f'datasets.{k}'), d, 'val', 1, 0, seed, use_cuda,
+                                             f'datasets.{k}')[0] for k, d in opt['datasets'].items()
+                            if k.startswith('val')]
         per_epoch = len(self.train_loader)
         self.logger.info(f'train set {train_opt.get("name")}: {len(train_set)} samples, batch '
                          f'{train_opt["batch_size_per_gpu"]} x {opt["world_size"]} rank(s), {per_epoch} iters/epoch, '
@@ -223,6 +230,14 @@ class Trainer:
         except NonFiniteError as err:
             self.close()
             raise NonFiniteError(f'{err}; last good checkpoint: {self.last_checkpoint or "none yet"}') from None
+        except RuntimeError as err:
+            if 'DataLoader worker' not in str(err):
+                raise
+            self.close()
+            raise WorkerDiedError(f'datasets.train: a data-loader worker died ({str(err).splitlines()[0]}) at '
+                                  f'iteration {self.current_iter + 1}; nothing was written for it; last good '
+                                  f'checkpoint: {self.last_checkpoint or "none yet"} (resume with --auto_resume)') \
+                from None
         self.finish()
 
     def train_epoch(self):
@@ -325,7 +340,7 @@ def test(argv=None):
     loaders = []
     for key, dopt in (opt.get('datasets') or {}).items():
         dataset = build_dataset(dopt, f'datasets.{key}')
-        loaders.append(build_dataloader(dataset, dopt, 'test', seed=opt['manual_seed'])[0])
+        loaders.append(build_dataloader(dataset, dopt, 'test', seed=opt['manual_seed'], key=f'datasets.{key}')[0])
     if not loaders:
         raise ValueError(f'{opt["opt_path"]}: datasets: no test_* dataset given')
     model = build_model(opt)

@@ -16,14 +16,17 @@ def atomic_save(obj, path):
 
     A crash mid-write leaves the previous file intact; a reader never sees a half-written checkpoint.
     """
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     tmp = f'{path}.tmp.{os.getpid()}'
     try:
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full, permissions, a vanished mount: one line, the previous file untouched
+        raise CheckpointWriteError(f'cannot write checkpoint {path}: {err.strerror or err}; the previous '
+                                   'checkpoint is intact') from err
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
@@ -35,6 +38,10 @@ class CheckpointError(UserError, RuntimeError):
 
 class MissingCheckpointError(CheckpointError, FileNotFoundError):
     pass
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (the previous one is left as it was)."""
 
 
 def safe_load(path, map_location='cpu'):
@@ -68,12 +75,41 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+def _training_states(states_dir):
+    """``<iter>.state`` files of ``states_dir``, newest first."""
+    files = [f for f in glob.glob(osp.join(states_dir, '*.state')) if re.fullmatch(r'\d+\.state', osp.basename(f))]
+    return sorted(files, key=lambda f: int(osp.basename(f).split('.')[0]), reverse=True)
+
+
+def latest_usable_state(states_dir, models_dir, warn=print):
+    """``(path, state)`` of the newest training state that loads and whose network files (``*_<iter>.pth`` in
+    ``models_dir``) all load, or ``(None, None)``. Unusable files (a copy cut short, a sync interrupted) are named
+    through ``warn`` and left in place."""
+    for path in _training_states(states_dir):
+        problems, state = [], None
+        try:
+            state = safe_load(path)
+            nets = glob.glob(osp.join(models_dir, f'*_{state["iter"]}.pth'))
+            if not nets:
+                problems.append(f'no network files *_{state["iter"]}.pth in {models_dir}')
+            for net in nets:
+                try:
+                    safe_load(net)
+                except CheckpointError as err:
+                    problems.append(str(err))
+        except (CheckpointError, KeyError, TypeError) as err:
+            problems.append(str(err))
+        if not problems:
+            return path, state
+        warn(f'--auto_resume: {path} is not usable ({"; ".join(problems)}); trying an older state, the files '
+             'are left in place')
+    return None, None
+
+
 def latest_training_state(states_dir):
     """Path of the ``<iter>.state`` with the highest iteration in ``states_dir``, or None."""
-    files = [f for f in glob.glob(osp.join(states_dir, '*.state')) if re.fullmatch(r'\d+\.state', osp.basename(f))]
-    if not files:
-        return None
-    return max(files, key=lambda f: int(osp.basename(f).split('.')[0]))
+    states = _training_states(states_dir)
+    return states[0] if states else None
 
 
 def prune_checkpoints(models_dir, states_dir, keep):

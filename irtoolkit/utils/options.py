@@ -37,7 +37,11 @@ def _amp_dtype(v):
 DATASET_SCHEMA = {
     'name': str, 'type': str, 'phase': str, 'scale': int, 'io_backend': dict, 'batch_size_per_gpu': int,
     'num_worker_per_gpu': int, 'use_shuffle': bool, 'dataset_enlarge_ratio': int, 'prefetch_mode': str,
-    'persistent_workers': bool, 'pin_memory': bool, 're:.*': ANY,  # the rest is the dataset class's business
+    'persistent_workers': bool, 'pin_memory': bool,
+    'bad_samples': Option(str, choices=('error', 'skip'), doc='an unreadable sample: stop with its name (error, the '
+                          'default) or read another one (skip)'),
+    'bad_samples_max_fraction': Option(NUM, doc='skip: stop when more than this share is bad (default 0.01)'),
+    're:.*': ANY,  # the rest is the dataset class's business
 }
 BASE_SCHEMA = {
     'name': str, 'model_type': str, 'scale': int, 'num_gpu': _int_or_auto, 'manual_seed': int, 'device': str,
