@@ -7,7 +7,6 @@ test outputs in ``results/<name>``.
 """
 import argparse
 import json
-import logging
 import math
 import os
 import os.path as osp
@@ -158,15 +157,18 @@ class Trainer:
         opt = self.opt
         self.resume_path = opt['path'].get('resume_state')
         self.state = safe_load(self.resume_path) if self.resume_path else None  # explicit: must load
+        unusable = []  # logged once the run's log is open
         if self.auto_resume and not self.resume_path:  # the newest state whose files all load
             self.resume_path, self.state = latest_usable_state(opt['path']['training_states'], opt['path']['models'],
-                                                               logging.getLogger('irtoolkit').warning)
+                                                               unusable.append)
         if self.rank == 0:
             if self.state is None:
                 fresh_experiment_dir(opt)
             copy_options(opt, opt['path']['experiments_root'])
         dist_util.barrier()
         self.prepare_logging()
+        for line in unusable:
+            self.logger.warning(line)
         set_random_seed(opt['manual_seed'] + self.rank)
         self.prepare_data()
         self.model = build_training_model(opt, self.state)
