@@ -92,5 +92,8 @@ def build_dataloader(dataset, dataset_opt, phase, world_size=1, rank=0, seed=0, 
         sampler = EpochTagged(sampler)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, **common)
         return loader, sampler
-    loader = DataLoader(dataset, batch_size=dataset_opt.get('batch_size_per_gpu', 1) or 1, shuffle=False, **common)
+    # validation / test: in order; distributed, rank r takes images r, r + world, ... (its shard)
+    shard = list(range(rank, len(dataset), world_size)) if world_size > 1 else None
+    loader = DataLoader(dataset, batch_size=dataset_opt.get('batch_size_per_gpu', 1) or 1, shuffle=False,
+                        sampler=shard, **common)
     return loader, None

@@ -28,7 +28,7 @@ from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_usable_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.dist import run_device
 from irtoolkit.utils.options import copy_options, dict2str, parse_options
-from irtoolkit.utils.errors import UserError
+from irtoolkit.utils.errors import OptionError, UserError
 from irtoolkit.utils.registry import MODEL_REGISTRY, build_model, get_from_registry
 
 
@@ -64,7 +64,26 @@ class WorkerDiedError(UserError):
 def build_training_model(opt, state=None):
     """The model of ``opt``; a class with basicsr's interface behind :class:`BasicSRModel`."""
     cls = get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')
-    return BasicSRModel(cls, opt, state) if has_basicsr_interface(cls) else cls(opt)
+    if not has_basicsr_interface(cls):
+        return cls(opt)
+    if (opt['train'].get('accumulate') or 1) > 1:
+        raise OptionError(f'{opt["opt_path"]}: train.accumulate: {cls.__name__} steps its own optimisers; '
+                          'accumulation needs an irtoolkit model')
+    return BasicSRModel(cls, opt, state)
+
+
+def derive_batch(opt):
+    """``datasets.train.global_batch_size`` over the actual world size: the per-GPU batch (at most
+    ``batch_size_per_gpu`` when given) and ``train.accumulate``, written into the resolved options."""
+    ds, world = opt['datasets']['train'], opt['world_size']
+    total = ds.get('global_batch_size')
+    if not total:
+        return
+    per_gpu = min(ds.get('batch_size_per_gpu') or total, max(total // world, 1))
+    if total % (world * per_gpu):
+        raise OptionError(f'{opt["opt_path"]}: datasets.train.global_batch_size: {total} is not a multiple of '
+                          f'{world} rank(s) x batch {per_gpu}')
+    ds['batch_size_per_gpu'], opt['train']['accumulate'] = per_gpu, total // (world * per_gpu)
 
 
 def setup_run(args, is_train):
@@ -81,6 +100,8 @@ def setup_run(args, is_train):
     else:
         rank, world = 0, 1
     opt['rank'], opt['world_size'] = rank, world
+    if is_train:
+        derive_batch(opt)
     torch.backends.cudnn.benchmark = bool(opt.get('cudnn_benchmark', False))
     if opt.get('deterministic'):
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -151,6 +172,7 @@ class Trainer:
         self.epoch, self.current_iter, self.start_batch, self.batch_idx = 0, 0, 0, 0
         self.last_checkpoint = None
         self.total_iter = int(opt['train']['total_iter'])
+        self.accumulate = int(opt['train'].get('accumulate') or 1)
 
     # ------------------------------------------------------------------ prepare
     def prepare(self):
@@ -172,6 +194,7 @@ class Trainer:
         set_random_seed(opt['manual_seed'] + self.rank)
         self.prepare_data()
         self.model = build_training_model(opt, self.state)
+        self.prepare_validation()
         if self.state is not None:
             self.restore()
         self.progress = TrainProgress(opt, self.current_iter, self.tb_logger, self.logger,
@@ -198,13 +221,21 @@ class Trainer:
         train_set = build_dataset(train_opt, 'datasets.train')
         self.train_loader, self.sampler = build_dataloader(train_set, train_opt, 'train', opt['world_size'], self.rank,
                                                            seed, use_cuda, 'datasets.train')
-        self.val_loaders = [build_dataloader(build_dataset(d, f'datasets.{k}'), d, 'val', 1, 0, seed, use_cuda,
-                                             f'datasets.{k}')[0] for k, d in opt['datasets'].items()
-                            if k.startswith('val')]
-        per_epoch = len(self.train_loader)
-        self.logger.info(f'train set {train_opt.get("name")}: {len(train_set)} samples, batch '
-                         f'{train_opt["batch_size_per_gpu"]} x {opt["world_size"]} rank(s), {per_epoch} iters/epoch, '
-                         f'{self.total_iter} iters (~{math.ceil(self.total_iter / per_epoch)} epochs)')
+        per_epoch = max(len(self.train_loader) // self.accumulate, 1)
+        batch, world = train_opt['batch_size_per_gpu'], opt['world_size']
+        self.logger.info(f'train set {train_opt.get("name")}: {len(train_set)} samples, batch {batch} x {world} '
+                         f'rank(s) x {self.accumulate} accumulation step(s) = {batch * world * self.accumulate} per '
+                         f'iteration, {per_epoch} iters/epoch, {self.total_iter} iters '
+                         f'(~{math.ceil(self.total_iter / per_epoch)} epochs)')
+
+    def prepare_validation(self):
+        """Validation loaders: sharded over the ranks when the model gathers its scores, else whole on every rank
+        (the model validates on rank 0)."""
+        opt, seed = self.opt, self.opt['manual_seed']
+        world, rank = (opt['world_size'], self.rank) if getattr(self.model, 'sharded_validation', False) else (1, 0)
+        self.val_loaders = [build_dataloader(build_dataset(d, f'datasets.{k}'), d, 'val', world, rank, seed,
+                                             run_device(opt).type == 'cuda', f'datasets.{k}')[0]
+                            for k, d in opt['datasets'].items() if k.startswith('val')]
 
     def restore(self):
         """Networks, optimisers, position in the epoch and RNG streams of the training state being resumed."""
@@ -243,24 +274,35 @@ class Trainer:
         self.finish()
 
     def train_epoch(self):
-        """Batches from the current position of the epoch; the epoch advances only when its loader is done."""
+        """Batches from the current position of the epoch, ``train.accumulate`` micro-batches per iteration; the
+        epoch advances only when its loader is done."""
         self.sampler.set_epoch(self.epoch, self.start_batch * self.train_opt['batch_size_per_gpu'])
         self.batch_idx, self.start_batch = self.start_batch, 0
-        self.t_data = time.time()
+        self.t_data, micro = time.time(), []
         for batch in self.train_loader:
-            self.train_step(batch)
+            micro.append(batch)
+            if len(micro) < self.accumulate:
+                continue
+            self.train_step(micro)
+            micro = []
             self.after_step()
             if self.current_iter >= self.total_iter:
                 return
         self.epoch += 1
 
-    def train_step(self, batch):
+    def train_step(self, micro):
+        """One iteration: the learning rate, then every micro-batch through the model (one optimiser step)."""
         data_time = time.time() - self.t_data
         self.current_iter += 1
-        self.batch_idx += 1
+        self.batch_idx += len(micro)
         self.model.update_learning_rate(self.current_iter, self.opt['train'].get('warmup_iter', -1))
-        self.model.feed_data(batch)
-        self.model.optimize_parameters(self.current_iter)
+        if len(micro) == 1:
+            self.model.feed_data(micro[0])
+            self.model.optimize_parameters(self.current_iter)
+        for k, batch in enumerate(micro if len(micro) > 1 else []):
+            with self.model.micro_batch(k, len(micro)):
+                self.model.feed_data(batch)
+                self.model.optimize_parameters(self.current_iter)
         self.progress.update(self.current_iter, self.epoch, self.model.get_current_learning_rate(),
                              self.model.get_current_log(), time.time() - self.t_data, data_time)
 
@@ -339,13 +381,12 @@ def test(argv=None):
     log_file = osp.join(opt['path']['log'], f'test_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
     logger = get_logger(log_file, opt['rank'])
     logger.info('options:\n' + dict2str(opt))
-    loaders = []
-    for key, dopt in (opt.get('datasets') or {}).items():
-        dataset = build_dataset(dopt, f'datasets.{key}')
-        loaders.append(build_dataloader(dataset, dopt, 'test', seed=opt['manual_seed'], key=f'datasets.{key}')[0])
-    if not loaders:
-        raise ValueError(f'{opt["opt_path"]}: datasets: no test_* dataset given')
+    if not opt.get('datasets'):
+        raise OptionError(f'{opt["opt_path"]}: datasets: no test_* dataset given')
     model = build_model(opt)
+    world, rank = (opt['world_size'], opt['rank']) if getattr(model, 'sharded_validation', False) else (1, 0)
+    loaders = [build_dataloader(build_dataset(d, f'datasets.{k}'), d, 'test', world, rank, opt['manual_seed'],
+                                key=f'datasets.{k}')[0] for k, d in opt['datasets'].items()]
     save_img = (opt.get('val') or {}).get('save_img', True)
     all_results = {}
     for loader in loaders:

@@ -64,11 +64,17 @@ class BaseModel(ImageValidation):
         self.log_dict = OrderedDict()
         self.best_metric_results = {}  # dataset -> metric -> (best value, iter)
         self._unsaved = set()
-        self.guard, self._skipped_iter = NonFiniteGuard((opt.get('train') or {}).get('nonfinite')), None
+        self.guard, self._skipped = NonFiniteGuard((opt.get('train') or {}).get('nonfinite')), set()
+        self.micro = (0, 1)  # (micro-batch, micro-batches per iteration): see micro_batch
         self._setup_precision((opt.get('train') or {}) if self.is_train else {})
         self.setup_networks()
         if self.is_train:
             self.init_training_settings()
+
+    def to_device(self, t):
+        """A batch tensor on the model's device (channels-last images with ``train.channels_last``)."""
+        fmt = torch.channels_last if self.speed['channels_last'] and t.dim() == 4 else torch.preserve_format
+        return t.to(self.device, non_blocking=True, memory_format=fmt)
 
     def _setup_precision(self, train_opt):
         amp = train_opt.get('amp') or {}
@@ -80,6 +86,9 @@ class BaseModel(ImageValidation):
         if train_opt.get('use_grad_clip'):  # NAFNet's official switch: max-norm 0.01
             clip = clip or 0.01
         self.grad_clip = dict(max_norm=float(clip)) if isinstance(clip, (int, float)) else clip
+        compile_opt = train_opt.get('compile')
+        self.speed = {'channels_last': bool(train_opt.get('channels_last')),
+                      'compile': ({} if compile_opt is True else dict(compile_opt or {})) if compile_opt else None}
 
     # ------------------------------------------------------------------ the steps a model overrides
     def setup_networks(self):
@@ -140,8 +149,17 @@ class BaseModel(ImageValidation):
         return net
 
     def wrap(self, net):
-        """``net`` (bare) in DDP when distributed and it has trainable parameters, else ``net`` itself."""
-        return wrap_ddp(bare(net), self.device, self.opt) if self.opt.get('dist') else bare(net)
+        """``net`` (bare) in DDP when distributed and it has trainable parameters, else ``net`` itself; then
+        ``train.channels_last`` and ``train.compile`` (trainable networks only). Checkpoints, EMA and frozen uses
+        go through :func:`~irtoolkit.utils.dist.bare`, so saved keys never carry ``module.`` or ``_orig_mod.``."""
+        net = bare(net)
+        if self.speed['channels_last']:
+            net = net.to(memory_format=torch.channels_last)
+        trainable = any(p.requires_grad for p in net.parameters())
+        net = wrap_ddp(net, self.device, self.opt) if self.opt.get('dist') else net
+        if self.speed['compile'] and trainable:
+            net = torch.compile(net, mode=self.speed['compile'].get('mode'))
+        return net
 
     def rewrap(self, name):
         """Wrap network ``name`` again after its trainable parameters changed (DDP waits for every parameter it
@@ -176,7 +194,7 @@ class BaseModel(ImageValidation):
     def update_ema(self):
         """EMA of parameters; buffers (BatchNorm statistics, queues) are copied, not averaged. Not after an
         iteration whose step the non-finite guard skipped."""
-        if self._skipped_iter is not None and self._skipped_iter == self.guard.iteration:
+        if self.micro[0] < self.micro[1] - 1 or any(it == self.guard.iteration for it, _ in self._skipped):
             return
         for name, ema in self.ema_networks.items():
             src = bare(self.networks[name])
@@ -232,13 +250,18 @@ class BaseModel(ImageValidation):
         the message) — unscale, clip (``train.grad_clip``) and step the named optimisers. Returns whether it
         stepped."""
         names = [optimizer_names] if isinstance(optimizer_names, str) else list(optimizer_names)
-        self.scaler.scale(loss).backward(retain_graph=retain_graph)
+        k, n_micro = self.micro
+        self.scaler.scale(loss / n_micro).backward(retain_graph=retain_graph)  # the mean over the micro-batches
+        if k < n_micro - 1:  # gradients accumulate; the last micro-batch steps (losses checked on the way)
+            self.guard.allow_step(loss, terms, None, names) or self._drop_grads(names)
+            return False
+        if any((self.guard.iteration, n) in self._skipped for n in names):  # skipped at an earlier micro-batch
+            self._drop_grads(names)
+            return False
         groups = [p for n in names for g in self.optimizers[n].param_groups for p in g['params']]
         grads = None if self.scaler.is_enabled() else [p.grad for p in groups if p.grad is not None]
         if not self.guard.allow_step(loss, terms, grads, names):
-            for p in groups:
-                p.grad = None
-            self._skipped_iter = self.guard.iteration
+            self._drop_grads(names)
             return False
         for n in names:
             opt = self.optimizers[n]
@@ -250,9 +273,35 @@ class BaseModel(ImageValidation):
         self.scaler.update()
         return True
 
-    def zero_grad(self, *names):
+    def _drop_grads(self, names):
+        """A skipped step: no gradient of it survives, no EMA update follows in this iteration."""
         for n in names:
             self.optimizers[n].zero_grad(set_to_none=True)
+        it = self.guard.iteration
+        self._skipped = {x for x in self._skipped if x[0] == it} | {(it, n) for n in names}
+
+    def zero_grad(self, *names):
+        """Clear the named optimisers' gradients (only at the first micro-batch when accumulating)."""
+        if self.micro[0] > 0:
+            return
+        for n in names:
+            self.optimizers[n].zero_grad(set_to_none=True)
+
+    @contextlib.contextmanager
+    def micro_batch(self, k, n):
+        """Micro-batch ``k`` of ``n`` of one iteration (``train.accumulate``): backward_step accumulates and steps at
+        the last one; DDP synchronises gradients only there (``no_sync`` on the others, forward included)."""
+        self.micro = (k, n)
+        with contextlib.ExitStack() as stack:
+            if k < n - 1:
+                for net in self.networks.values():
+                    ddp = getattr(net, '_orig_mod', net)
+                    if hasattr(ddp, 'no_sync'):
+                        stack.enter_context(ddp.no_sync())
+            try:
+                yield
+            finally:
+                self.micro = (0, 1)
 
     def update_learning_rate(self, current_iter, warmup_iter=-1):
         """The runner's first call of every iteration: schedulers step, warm-up, and the iteration is noted."""

@@ -34,6 +34,7 @@ logger = logging.getLogger('irtoolkit')
 
 @MODEL_REGISTRY.register()
 class ConStylePretrainModel(BaseModel):
+    sharded_validation = False  # retrieval within the whole validation set: rank 0 scores it all
     OPTION_SCHEMA = {'train': {
         'degradations': Option(dict, doc='{name: [degradation specs]}: degrade gt on the fly, the index is the label'),
         'cls_iter': Option(int, None, doc='last iteration of the classification loss; unset: every iteration'),

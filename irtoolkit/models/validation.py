@@ -14,17 +14,24 @@ from basicsr.utils import imwrite, tensor2img
 from tqdm import tqdm
 
 from irtoolkit.metrics.calculate import MetricSet
+from irtoolkit.utils.dist import get_dist_info
 
 __all__ = ['ImageValidation']
 
 
 class ImageValidation:
     """Mixin of :class:`~irtoolkit.models.base_model.BaseModel` (uses its ``opt``, ``device``, ``rank``,
-    ``inference_net`` and ``best_metric_results``)."""
+    ``inference_net`` and ``best_metric_results``).
+
+    Distributed, every rank scores its shard of the validation set (the runner gives each rank a sharded loader
+    when ``sharded_validation`` is true) and the per-image scores are gathered: every rank returns the numbers one
+    process would give."""
+
+    sharded_validation = True
 
     def feed_data(self, data):
-        self.lq = data['lq'].to(self.device, non_blocking=True)
-        self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
+        self.lq = self.to_device(data['lq'])
+        self.gt = self.to_device(data['gt']) if 'gt' in data else None
 
     @torch.no_grad()
     def test(self):
@@ -41,9 +48,8 @@ class ImageValidation:
         return out
 
     def validation(self, dataloader, current_iter, tb_logger=None, save_img=False, logger=None):
-        """Run the inference network over ``dataloader``; metrics on the un-padded output; rank 0 only."""
-        if self.rank != 0:
-            return {}
+        """Run the inference network over ``dataloader`` (this rank's shard); metrics on the un-padded output,
+        gathered over ranks; rank 0 logs them."""
         val_opt = self.opt.get('val') or {}
         dataset_name = dataloader.dataset.opt.get('name', 'val')
         metrics = MetricSet(val_opt.get('metrics'), device=self.device)
@@ -60,8 +66,9 @@ class ImageValidation:
                 self.save_visual(visuals['result'], dataset_name, name, current_iter)
             pbar.update(1)
         pbar.close()
+        metrics.per_image = gather_rows(metrics.per_image)
         results = metrics.results()
-        self.log_validation(dataset_name, results, metrics, current_iter, tb_logger, logger)
+        self.log_validation(dataset_name, results, metrics, current_iter, tb_logger, logger if self.rank == 0 else None)
         return results
 
     def save_visual(self, image, dataset_name, name, current_iter):
@@ -92,6 +99,16 @@ class ImageValidation:
                 tb_logger.add_scalar(f'metrics/{dataset_name}/{m}', v, current_iter)
         if logger is not None:
             logger.info('\n'.join(lines))
+
+
+def gather_rows(rows):
+    """Every rank's ``(name, scores)`` rows, in one order on every rank (by name): a no-op in one process."""
+    _, world = get_dist_info()
+    if world == 1:
+        return rows
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, rows)
+    return sorted((row for part in parts for row in part), key=lambda r: r[0])
 
 
 def _first(value, default):

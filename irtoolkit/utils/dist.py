@@ -138,7 +138,9 @@ def run_device(opt):
 
 
 def bare(net):
-    """The module inside a DDP / DataParallel wrapper (checkpoints, EMA and non-forward methods use it)."""
+    """The module inside ``torch.compile`` and DDP / DataParallel wrappers (checkpoints, EMA and non-forward
+    methods use it)."""
+    net = getattr(net, '_orig_mod', net)  # torch.compile's OptimizedModule
     return net.module if isinstance(net, (DistributedDataParallel, nn.DataParallel)) else net
 
 

@@ -41,6 +41,8 @@ DATASET_SCHEMA = {
     'bad_samples': Option(str, choices=('error', 'skip'), doc='an unreadable sample: stop with its name (error, the '
                           'default) or read another one (skip)'),
     'bad_samples_max_fraction': Option(NUM, doc='skip: stop when more than this share is bad (default 0.01)'),
+    'global_batch_size': Option(int, doc='train: batch per optimiser step over all ranks; per-GPU batch and '
+                                'train.accumulate are derived for the world size'),
     're:.*': ANY,  # the rest is the dataset class's business
 }
 BASE_SCHEMA = {
@@ -64,6 +66,10 @@ BASE_SCHEMA = {
         're:^\\w+_opt$': Option(dict, doc='a loss ({type: <registered loss>, ...}) named by the model'),
         'amp': Option({'enabled': bool, 'dtype': _amp_dtype}, doc='mixed precision: {enabled, dtype: bf16|fp16}'),
         'nonfinite': Option(NONFINITE_SCHEMA, doc='the non-finite guard before every optimiser step'),
+        'accumulate': Option(int, doc='micro-batches per optimiser step (gradient accumulation; DDP no_sync)'),
+        'compile': Option((bool, {'mode': str}), doc='torch.compile the trainable networks: true, or {mode: '
+                          'default|reduce-overhead|max-autotune}'),
+        'channels_last': Option(bool, doc='channels-last memory format for networks and image batches'),
     },
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
             'max_save_images': int, 'val_on_rank0_only': bool},
