@@ -158,7 +158,8 @@ class BaseModel(ImageValidation):
         trainable = any(p.requires_grad for p in net.parameters())
         net = wrap_ddp(net, self.device, self.opt) if self.opt.get('dist') else net
         if self.speed['compile'] and trainable:
-            net = torch.compile(net, mode=self.speed['compile'].get('mode'))
+            net = torch.compile(net, mode=self.speed['compile'].get('mode'),
+                                backend=self.speed['compile'].get('backend', 'inductor'))
         return net
 
     def rewrap(self, name):

@@ -67,8 +67,8 @@ BASE_SCHEMA = {
         'amp': Option({'enabled': bool, 'dtype': _amp_dtype}, doc='mixed precision: {enabled, dtype: bf16|fp16}'),
         'nonfinite': Option(NONFINITE_SCHEMA, doc='the non-finite guard before every optimiser step'),
         'accumulate': Option(int, doc='micro-batches per optimiser step (gradient accumulation; DDP no_sync)'),
-        'compile': Option((bool, {'mode': str}), doc='torch.compile the trainable networks: true, or {mode: '
-                          'default|reduce-overhead|max-autotune}'),
+        'compile': Option((bool, {'mode': str, 'backend': str}), doc='torch.compile the trainable networks: true, '
+                          'or {mode: default|reduce-overhead|max-autotune, backend: inductor|aot_eager|...}'),
         'channels_last': Option(bool, doc='channels-last memory format for networks and image batches'),
     },
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
