@@ -107,3 +107,27 @@ def test_compile_trains_the_same_network_and_checkpoints_interchange(tiny_data, 
     resumed = write_options(dict(opt, name='compiled'), in_tmp / 'compiled.yml')
     run_train(['-opt', resumed, '--auto_resume', '--force_yml', f'train.total_iter={STEPS + 2}',
                'train.compile=false'])  # a compiled run's state resumes eagerly
+
+
+def _two_nodes(opt_path, cwd, port, *extra):
+    """tools/dist_train.sh as two nodes of one process each, both on 127.0.0.1."""
+    procs = [subprocess.Popen(['bash', f'{REPO}/tools/dist_train.sh', '1', opt_path, *extra], cwd=cwd,
+                              env=dict(os.environ, NNODES='2', NODE_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                                       PORT=str(port), PYTHON=sys.executable, OMP_NUM_THREADS='1'),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    return outs
+
+
+@pytest.mark.slow
+def test_two_nodes_train_and_resume_exactly(tiny_data, in_tmp):
+    """Two torchrun 'nodes' (NNODES=2, NODE_RANK, MASTER_ADDR) train; stopped and resumed, the same weights."""
+    whole = write_options(_recipe(tiny_data, 'nodes', batch_size_per_gpu=4), in_tmp / 'nodes.yml')
+    outs = _two_nodes(whole, in_tmp, 29701)
+    assert 'world size 2, launcher pytorch' in outs[0]
+    part = write_options(_recipe(tiny_data, 'nodes_part', batch_size_per_gpu=4), in_tmp / 'part.yml')
+    _two_nodes(part, in_tmp, 29703, '--force_yml', 'train.total_iter=3')
+    _two_nodes(part, in_tmp, 29705, '--auto_resume')
+    a, b = _params(in_tmp / 'experiments/nodes'), _params(in_tmp / 'experiments/nodes_part')
+    assert all(torch.equal(a[k], b[k]) for k in a)
