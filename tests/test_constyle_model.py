@@ -118,8 +118,8 @@ def test_pretrain_then_irconstyle(tiny_data, tmp_path):
 def test_options_and_runner(tiny_data, in_tmp):
     """Through the runner: option schema (ConStyle_iter, infonce_opt), logging of every term, checkpoints."""
     from irtoolkit.engine.runner import train
-    from irtk_testutils import tiny_options, write_options
-    opt = tiny_options(tiny_data, 'cs_runner', 6)
+    from irtk_testutils import shrink_recipe, write_options
+    opt = shrink_recipe(tiny_data, 'cs_runner', 6)
     opt.update(model_type='ConStyleModel', network_g=dict(NET))
     opt['train'].update(ConStyle_iter=3, infonce_opt={'type': 'QueueInfoNCELoss', 'normalize': True},
                         content_opt={'type': 'ContentLoss'}, style_opt={'type': 'StyleLoss', 'mode': 'bounded'})

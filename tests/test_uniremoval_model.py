@@ -1,62 +1,38 @@
 """UniRemovalModel: stage 1 (frozen teachers from checkpoints, routed by label; student + projectors learn) and
 stage 2 (discriminator + cluster-grained loss), 20 runner iterations each with finite, logged losses."""
 import math
-import os.path as osp
 
 import pytest
 import torch
-from irtk_testutils import REPO, write_options
+from irtk_testutils import (SMALL_NAFNET, UNIREMOVAL_DEMO_STAGE1, UNIREMOVAL_DEMO_STAGE2, UNIREMOVAL_LABELS,
+                            shrink_recipe, uniremoval_teachers, write_options)
 
 from irtoolkit.contrastive.report import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options, yaml_load
+from irtoolkit.utils.options import parse_options
 from irtoolkit.utils.registry import OptionError, build_network
-
-NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
-LABELS = ('haze', 'rain', 'blur')
 
 
 @pytest.fixture
 def teachers(tmp_path):
-    """One checkpoint per degradation (distinct random weights: stand-ins for trained teachers)."""
+    """``uniremoval.teachers``: one checkpoint per degradation (distinct random weights: stand-ins for trained
+    teachers)."""
     paths = {}
-    for i, lab in enumerate(LABELS):
+    for i, lab in enumerate(UNIREMOVAL_LABELS):
         torch.manual_seed(100 + i)
-        net = build_network(NET)
+        net = build_network(SMALL_NAFNET)
         for p in net.parameters():  # NAFNet's zero-initialised scales would make every teacher the identity
             p.data.add_(0.05 * torch.randn_like(p))
         paths[lab] = str(tmp_path / f'teacher_{lab}.pth')
         torch.save({'params': net.state_dict()}, paths[lab])
-    return paths
-
-
-def stage1_recipe(data_root, teachers, name='uni1', iters=20):
-    opt = yaml_load(osp.join(REPO, 'options/train/UniRemoval/demo_UniRemoval_stage1.yml'))
-    opt['name'] = name
-    tr = opt['datasets']['train']
-    tr['sets'] = [{'name': lab, 'dataroot_lq': osp.join(data_root, 'train/lq'),
-                   'dataroot_gt': osp.join(data_root, 'train/gt')} for lab in LABELS]
-    tr.update(io_backend={'type': 'disk'}, gt_size=32, batch_size_per_gpu=3)
-    for key in [k for k in opt['datasets'] if k.startswith('val')]:
-        del opt['datasets'][key]
-    opt['datasets']['val'] = {'name': 'tiny_val', 'type': 'PairedRestorationDataset', 'io_backend': {'type': 'disk'},
-                              'dataroot_lq': osp.join(data_root, 'val/lq'),
-                              'dataroot_gt': osp.join(data_root, 'val/gt')}
-    opt['network_g'] = NET
-    u = opt['uniremoval']
-    u['teachers'] = [{'label': lab, 'network': NET, 'checkpoint': teachers[lab]} for lab in LABELS]
-    u.update(student_layers=['encoders.0', 'encoders.1', 'middle_blks'], teacher_layers=None, proj_channels=8,
-             num_patches=16)
-    opt['train']['total_iter'] = iters
-    opt['train']['scheduler']['periods'] = [iters]
-    opt['val']['val_freq'] = 10
-    opt['logger'].update(print_freq=1, save_checkpoint_freq=10)
-    return opt
+    return uniremoval_teachers(paths)
 
 
 def test_stage1_teachers_frozen_and_routed(tiny_data, in_tmp, teachers):
-    opt = parse_options(write_options(stage1_recipe(tiny_data, teachers), in_tmp / 'u1.yml'), True)
+    opt = shrink_recipe(tiny_data, 'uni1', **UNIREMOVAL_DEMO_STAGE1)
+    opt['uniremoval']['teachers'] = teachers
+    opt = parse_options(write_options(opt, in_tmp / 'u1.yml'), True)
     opt.update(rank=0, world_size=1, dist=False)
     m = build_model(opt)
     before = [{k: v.clone() for k, v in t.state_dict().items()} for t in m.teachers]
@@ -79,7 +55,8 @@ def test_stage1_teachers_frozen_and_routed(tiny_data, in_tmp, teachers):
 
 
 def test_stage1_missing_checkpoint_is_one_clear_error(tiny_data, in_tmp, teachers):
-    opt = stage1_recipe(tiny_data, teachers)
+    opt = shrink_recipe(tiny_data, 'uni1', **UNIREMOVAL_DEMO_STAGE1)
+    opt['uniremoval']['teachers'] = teachers
     opt['uniremoval']['teachers'][1]['checkpoint'] = 'nowhere/teacher.pth'
     opt = parse_options(write_options(opt, in_tmp / 'bad.yml'), True)
     opt.update(rank=0, world_size=1, dist=False)
@@ -88,27 +65,16 @@ def test_stage1_missing_checkpoint_is_one_clear_error(tiny_data, in_tmp, teacher
 
 
 def test_both_stages_train_20_iters_with_finite_logged_losses(tiny_data, in_tmp, teachers):
-    run_train(['-opt', write_options(stage1_recipe(tiny_data, teachers, 'uni1'), in_tmp / 'u1.yml')])
+    opt = shrink_recipe(tiny_data, 'uni1', **UNIREMOVAL_DEMO_STAGE1)
+    opt['uniremoval']['teachers'] = teachers
+    run_train(['-opt', write_options(opt, in_tmp / 'u1.yml')])
     exp1 = in_tmp / 'experiments' / 'uni1'
     curves = parse_log(str(next(exp1.glob('train_uni1_*.log'))))
     for name in ('l_distill', 'l_pixel', 'l_mgcl', 'l_mgcl_feature', 'l_mgcl_image', 'l_proj_recon', 'l_total'):
         assert curves[name][0] == list(range(1, 21)) and all(math.isfinite(v) for v in curves[name][1]), name
 
-    opt = yaml_load(osp.join(REPO, 'options/train/UniRemoval/demo_UniRemoval_stage2.yml'))
-    opt['name'] = 'uni2'
-    opt['datasets'] = {
-        'train': {**opt['datasets']['train'], 'dataroot_lq': osp.join(tiny_data, 'train/lq'),
-                  'dataroot_gt': osp.join(tiny_data, 'train/gt'), 'io_backend': {'type': 'disk'}, 'gt_size': 32,
-                  'batch_size_per_gpu': 2},
-        'val': {'name': 'tiny_val', 'type': 'PairedRestorationDataset', 'io_backend': {'type': 'disk'},
-                'dataroot_lq': osp.join(tiny_data, 'val/lq'), 'dataroot_gt': osp.join(tiny_data, 'val/gt')}}
-    opt['network_g'] = NET
-    opt['network_d'].update(num_feat=8, num_layers=2)
-    opt['uniremoval'].update(cluster_dim=16, queue_size=8)
+    opt = shrink_recipe(tiny_data, 'uni2', **UNIREMOVAL_DEMO_STAGE2)
     opt['path']['pretrain_network_g'] = str(exp1 / 'models' / 'net_g_latest.pth')
-    opt['train']['total_iter'] = 20
-    opt['val']['val_freq'] = 10
-    opt['logger'].update(print_freq=1, save_checkpoint_freq=10)
     run_train(['-opt', write_options(opt, in_tmp / 'u2.yml')])
     exp2 = in_tmp / 'experiments' / 'uni2'
     curves = parse_log(str(next(exp2.glob('train_uni2_*.log'))))
