@@ -9,10 +9,9 @@ import os.path as osp
 import pytest
 import torch
 import torchvision
+from irtk_testutils import REPO
 
 from irtoolkit.utils import weights as W
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 @pytest.fixture
