@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from irtk_testutils import REPO, SMALL_NAFNET, TESTS, UNIREMOVAL_LABELS
 
@@ -56,6 +57,7 @@ dist.destroy_process_group()
 '''
 
 
+@pytest.mark.slow
 def test_contrastive_models_synchronise_every_trainable_module(tiny_data, in_tmp):
     from irtoolkit.utils.registry import build_network
     teachers = {}

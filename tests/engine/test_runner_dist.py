@@ -4,7 +4,10 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from irtk_testutils import REPO, shrink_recipe, write_options
+
+pytestmark = pytest.mark.slow  # every test starts training processes
 
 
 def test_torchrun_two_process_gloo(tiny_data, in_tmp):

@@ -2,6 +2,7 @@
 import json
 import os.path as osp
 
+import pytest
 import torch
 from irtk_testutils import shrink_recipe, write_options
 
@@ -44,6 +45,7 @@ def test_test_runner_writes_results(tiny_data, in_tmp):
     assert len(list((res / 'visualization' / 'tiny_val').glob('*.png'))) == 2
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tiny_data, in_tmp):
     """Stop at iteration 10 (mid-epoch: 20 iters/epoch), resume to 30: same weights as 30 uninterrupted."""
     full = shrink_recipe(tiny_data, 'full', 30)

@@ -62,6 +62,7 @@ def test_keys_detached_and_queries_carry_gradient(model):
     assert all(t.requires_grad for t in q)
 
 
+@pytest.mark.slow
 def test_trains_20_iters_with_finite_logged_losses(tiny_data, in_tmp):
     run_train(['-opt', write_options(shrink_recipe(tiny_data, 'cdd20', **CDDGAN_DEMO), in_tmp / 'cdd20.yml')])
     exp = in_tmp / 'experiments' / 'cdd20'

@@ -5,7 +5,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from irtk_testutils import REPO, shrink_recipe, write_options
+
+pytestmark = pytest.mark.slow  # every test starts two processes through torchrun
 
 NET = {'type': 'ConStyleNAFNet', 'dim': 8, 'left_blk_num': [1, 1, 1], 'bottom_blk_num': 1,
        'right_blk_num': [1, 1, 1], 'constyle_opt': {'K': 10}}

@@ -41,6 +41,7 @@ def test_every_head_trains_and_d_is_fixed_in_g_step(tiny_data, in_tmp, rain_mode
     assert all(math.isfinite(v) for v in m.get_current_log().values())
 
 
+@pytest.mark.slow
 def test_trains_20_iters_with_finite_logged_losses(tiny_data, in_tmp):
     recipe = shrink_recipe(tiny_data, 'nlcl20', **NLCL_DEMO)
     recipe['nlcl']['d_warmup_iter'] = 5

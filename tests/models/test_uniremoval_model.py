@@ -64,6 +64,7 @@ def test_stage1_missing_checkpoint_is_one_clear_error(tiny_data, in_tmp, teacher
         build_model(opt)
 
 
+@pytest.mark.slow
 def test_both_stages_train_20_iters_with_finite_logged_losses(tiny_data, in_tmp, teachers):
     opt = shrink_recipe(tiny_data, 'uni1', **UNIREMOVAL_DEMO_STAGE1)
     opt['uniremoval']['teachers'] = teachers
