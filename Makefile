@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.irtoolkit-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo lint clean-experiments
+.PHONY: setup test test-fast demo lint clean-experiments
 
 setup: $(STAMP)
 
@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# make test: every test (a few minutes on 2 CPU cores); make test-fast: without the end-to-end runs marked slow
 test: setup
 	$(VPY) -m pytest -q tests
+
+test-fast: setup
+	$(VPY) -m pytest -q -m "not slow" tests
 
 # make demo [DEG=haze|rain|noise|blur] [ITERS=N] [DEVICE=auto|cpu|cuda]
 DEG ?= haze

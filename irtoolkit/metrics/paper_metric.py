@@ -7,7 +7,7 @@ inputs in [0, 1]); PSNR uses a peak of 255; SSIM is Wang et al. 2004 with an 11x
 (sigma 1.5), 'valid' filtering, float64, averaged over channels.
 
 Here the same arithmetic runs on (B, C, H, W) tensors, on any device, so a folder is scored in batches; the
-values match BasicSR's functions to float precision (checked in ``tests/test_metrics_values.py``).
+values match BasicSR's functions to float precision (checked in ``tests/metrics/test_metrics_values.py``).
 
 Registered in basicsr's ``METRIC_REGISTRY`` as ``psnr_rgb``, ``psnr_y``, ``ssim_rgb``, ``ssim_y`` (option
 ``crop_border``). They take float RGB tensors in [0, 1], shape (B, C, H, W), and return a (B,) float64 tensor.

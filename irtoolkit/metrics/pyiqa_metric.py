@@ -131,7 +131,7 @@ class PyiqaMetric:
         self.lower_better = bool(self.metric.lower_better)
         self.device = torch.device(device)
         self.fast = None
-        if name in _FAST and set(kwargs) <= {'crop_border'}:  # checked equal to pyiqa in tests/test_metrics_values
+        if name in _FAST and set(kwargs) <= {'crop_border'}:  # equal to pyiqa: tests/metrics/test_metrics_values
             fn, fixed = _FAST[name]
             self.fast = lambda a, b: fn(a, b, crop_border=int(kwargs.get('crop_border', 0)), **fixed)
 

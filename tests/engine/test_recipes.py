@@ -10,13 +10,13 @@ import pytest
 import torch
 from irtk_testutils import REPO
 
-from irtoolkit.utils.optim import build_optimizer, build_scheduler
 from irtoolkit.metrics.calculate import MetricSet
+from irtoolkit.utils.optim import build_optimizer, build_scheduler
 from irtoolkit.utils.options import BASE_SCHEMA
 from irtoolkit.utils.recipe import load_recipe
+from irtoolkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, OptionError, build_loss,
+                                      get_from_registry, load_plugins)
 from irtoolkit.utils.schema import check_options, merge_schema
-from irtoolkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, build_loss, get_from_registry,
-                                      load_plugins)
 
 RECIPES = sorted(p for p in glob.glob(osp.join(REPO, 'options', '**', '*.yml'), recursive=True)
                  if '_base_' not in osp.relpath(p, REPO).split(osp.sep))  # bases are parts of recipes
@@ -24,8 +24,13 @@ RECIPES = sorted(p for p in glob.glob(osp.join(REPO, 'options', '**', '*.yml'), 
 
 def test_every_method_has_recipes():
     folders = {osp.relpath(osp.dirname(p), osp.join(REPO, 'options')) for p in RECIPES}
-    assert {'train/NAFNet', 'train/ConStyle', 'train/Restormer', 'train/CDDGAN', 'train/NLCL', 'train/UniRemoval',
-            'test/NAFNet', 'test/ConStyle', 'test/Restormer'} <= folders, folders
+    assert {'train/NAFNet', 'train/ConStyle', 'train/Restormer', 'train/Maxim', 'train/KBNet', 'train/Uformer',
+            'train/CDDGAN', 'train/NLCL', 'train/UniRemoval', 'test/NAFNet', 'test/ConStyle', 'test/Restormer',
+            'test/Maxim', 'test/KBNet', 'test/Uformer'} <= folders, folders
+    names = {osp.basename(p) for p in RECIPES}
+    assert {'demo_CDDGAN_haze.yml', 'train_CDDGAN_RESIDE.yml', 'demo_NLCL_rain.yml', 'train_NLCL_SPAData.yml',
+            'demo_UniRemoval_stage1.yml', 'demo_UniRemoval_stage2.yml', 'train_UniRemoval_stage1.yml',
+            'train_UniRemoval_stage2.yml'} <= names, names
 
 
 @pytest.mark.parametrize('path', RECIPES, ids=lambda p: osp.relpath(p, osp.join(REPO, 'options')))
@@ -52,3 +57,11 @@ def test_recipe_builds_up_to_its_data(path):
     for optimizer in optimizers if train.get('scheduler') else []:
         build_scheduler(optimizer, train['scheduler'])
     MetricSet((opt.get('val') or {}).get('metrics'))
+
+
+def test_unknown_contrastive_key_is_rejected():
+    opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
+    opt['contrastive']['num_patch'] = 64
+    schema = merge_schema(BASE_SCHEMA, MODEL_REGISTRY.get('CDDGANModel').OPTION_SCHEMA)
+    with pytest.raises(OptionError, match=r'contrastive.num_patch: unknown option; did you mean num_patches\?'):
+        check_options(opt, schema, 'demo: ')

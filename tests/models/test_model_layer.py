@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from irtk_testutils import REPO, tiny_options, write_options
+from irtk_testutils import CDDGAN_DEMO, REPO, shrink_recipe, write_options
 
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.checkpoint import atomic_save, read_state_dict
@@ -71,8 +71,7 @@ def test_read_state_dict_entries(tmp_path):
 
 def test_models_never_write_into_their_options(tiny_data, in_tmp):
     """CDD-GAN used to add network_g_b / network_n / dims to the options while building."""
-    from test_cddgan_model import small_recipe
-    opt = parse_options(write_options(small_recipe(tiny_data), in_tmp / 'cdd.yml'), True)
+    opt = parse_options(write_options(shrink_recipe(tiny_data, 'cdd', 10, **CDDGAN_DEMO), in_tmp / 'cdd.yml'), True)
     opt.update(rank=0, world_size=1, dist=False)
     before = copy.deepcopy(opt)
     model = build_model(opt)
@@ -91,7 +90,7 @@ def test_schema_defaults_choices_and_did_you_mean():
 
 
 def test_parse_options_in_four_steps(tiny_data, in_tmp):
-    recipe = tiny_options(tiny_data, 'steps', 10)
+    recipe = shrink_recipe(tiny_data, 'steps', 10)
     recipe['model_type'] = 'NLCLModel'
     path = write_options(recipe, in_tmp / 'steps.yml')
     opt = apply_overrides(load_options(path), ['nlcl.num_bg=4', 'train.total_iter=12'])
@@ -121,7 +120,7 @@ def test_describe_prints_model_and_arch_tables():
 
 def test_every_option_problem_of_a_file_in_one_run(tiny_data, in_tmp):
     """Three mistakes, three lines, exit status 2 and no traceback; --debug shows the traceback."""
-    opt = tiny_options(tiny_data, 'bad', 10)
+    opt = shrink_recipe(tiny_data, 'bad', 10)
     opt['trian'] = {}  # unknown key
     opt['network_g']['widht'] = 8  # unknown constructor argument
     opt['datasets']['train']['dataroot_gt'] = str(in_tmp / 'missing')  # missing path

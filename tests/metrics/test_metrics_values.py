@@ -116,11 +116,11 @@ def test_bad_metric_options_fail_early():
 
 def test_validation_with_pyiqa_and_paper_metrics_from_options(tiny_data, in_tmp):
     """val.metrics mixes paper-protocol, basicsr and pyiqa names; validation logs the values evaluate.py gives."""
-    from irtk_testutils import tiny_options, write_options
+    from irtk_testutils import shrink_recipe, write_options
     from irtoolkit.engine.runner import test as run_test
     from irtoolkit.engine.runner import train as run_train
     from irtoolkit.metrics.evaluation import evaluate_folders
-    opt = tiny_options(tiny_data, 'valmetrics', 10)
+    opt = shrink_recipe(tiny_data, 'valmetrics', 10)
     opt['val']['metrics'] = {'psnr_y': {'crop_border': 2}, 'ssim': None,
                              'basicsr_psnr': {'type': 'calculate_psnr', 'crop_border': 0}}
     run_train(['-opt', write_options(opt, in_tmp / 'train.yml')])

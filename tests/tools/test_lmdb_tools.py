@@ -8,12 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from irtk_testutils import REPO
 
 from irtoolkit.data.lmdb_util import LmdbRecordError, read_meta_info
 from irtoolkit.data.sources import PairingError
 from irtoolkit.utils.registry import DATASET_REGISTRY
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _tool():

@@ -2,11 +2,13 @@
 import importlib.util
 import os.path as osp
 
+import pytest
 from irtk_testutils import REPO
 
 from irtoolkit.engine.logging import parse_log
 
 
+@pytest.mark.slow
 def test_demo_pipeline_writes_report(in_tmp):
     spec = importlib.util.spec_from_file_location('irtk_demo', osp.join(REPO, 'tools', 'demo.py'))
     demo = importlib.util.module_from_spec(spec)

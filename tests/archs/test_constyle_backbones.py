@@ -6,7 +6,7 @@
 - Parameter counts of the default builds, measured on upstream's classes.
 - Outputs: small configurations of upstream's classes were filled with the deterministic weights of
   :func:`fill_state`, run in eval mode on :func:`make_input`, and summarised with :func:`summarise` (64 sampled
-  values and three means over the whole output); ``data/constyle_backbones_upstream.json`` holds those numbers. The
+  values and three means over the whole output); ``constyle_backbones_upstream.json`` holds those numbers. The
   tests fill our builds the same way and compare. Upstream's code is not needed to run them.
 """
 import json
@@ -21,7 +21,7 @@ from irtoolkit.archs.arch_util import pad_to_multiple
 from irtoolkit.utils.registry import build_network
 
 HERE = osp.dirname(osp.abspath(__file__))
-EXPECTED = osp.join(HERE, 'data', 'constyle_backbones_upstream.json')
+EXPECTED = osp.join(HERE, 'constyle_backbones_upstream.json')
 ATOL = 2e-4  # float32 through ~100 layers; measured differences are ~1e-6 (see docs/constyle.md)
 
 MAXIM_SMALL = dict(features=8, block_size_hr=(4, 4), grid_size_hr=(4, 4), block_size_lr=(2, 2), grid_size_lr=(4, 4))
@@ -290,11 +290,11 @@ def test_uformer_checkpointing_and_unsupported_options():
 def test_runner_trains_and_validates(name, tiny_data, in_tmp):
     """Six iterations through the runner (ConStyle losses for three, then the prior frozen), validation on the
     64 x 64 images, checkpoint; the checkpoint loads strictly into an inference build."""
-    from irtk_testutils import tiny_options, write_options
+    from irtk_testutils import shrink_recipe, write_options
 
     from irtoolkit.engine.runner import train
     arch, kwargs, _ = CONFIGS[name]
-    opt = tiny_options(tiny_data, f'bb_{name}', 6)
+    opt = shrink_recipe(tiny_data, f'bb_{name}', 6)
     opt['network_g'] = {'type': arch, **kwargs}
     if arch.startswith('ConStyle'):
         opt['network_g'].update(Train=True, constyle_opt={'K': 16})

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from irtk_testutils import tiny_options, write_options
+from irtk_testutils import shrink_recipe, write_options
 
 from irtoolkit.data.demo import TRAIN_PHOTOS, VAL_PHOTOS, build_demo
 from irtoolkit.data.lmdb_util import read_meta_info
@@ -173,7 +173,7 @@ def test_demo_layout_and_split_by_photo(demo):
 
 def test_runner_trains_on_lmdb_with_val_on_the_same_database(demo, tiny_data, in_tmp):
     from irtoolkit.engine.runner import train as run_train
-    opt = tiny_options(tiny_data, 'lmdb_run', 4)
+    opt = shrink_recipe(tiny_data, 'lmdb_run', 4)
     io = {'type': 'lmdb'}
     opt['datasets']['train'] = dict(name='haze_train', type='PairedRestorationDataset', io_backend=io,
                                     dataroot_lq=f'{demo}/haze/train_lq.lmdb',

@@ -5,7 +5,10 @@ import subprocess
 import sys
 import textwrap
 
-from irtk_testutils import REPO, tiny_options, write_options
+import pytest
+from irtk_testutils import REPO, shrink_recipe, write_options
+
+pytestmark = pytest.mark.slow  # every test starts two processes through torchrun
 
 NET = {'type': 'ConStyleNAFNet', 'dim': 8, 'left_blk_num': [1, 1, 1], 'bottom_blk_num': 1,
        'right_blk_num': [1, 1, 1], 'constyle_opt': {'K': 10}}
@@ -60,7 +63,7 @@ def test_queue_identical_on_every_rank(in_tmp):
 
 
 def test_constyle_model_freezes_under_ddp(tiny_data, in_tmp):
-    opt = tiny_options(tiny_data, 'cs_ddp', 5)
+    opt = shrink_recipe(tiny_data, 'cs_ddp', 5)
     opt.update(model_type='ConStyleModel', network_g=dict(NET))
     opt['datasets']['train']['batch_size_per_gpu'] = 2
     opt['train'].update(ConStyle_iter=2, infonce_opt={'type': 'QueueInfoNCELoss'}, content_opt={'type': 'ContentLoss'},

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from irtk_testutils import tiny_options, write_options
+from irtk_testutils import shrink_recipe, write_options
 
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.engine.tracking import build_tracker
@@ -56,7 +56,7 @@ def offline(monkeypatch):
 
 
 def test_offline_run_logs_scalars_metrics_images_and_resumes_the_same_run(tiny_data, in_tmp, offline):
-    opt = tiny_options(tiny_data, 'wb', 10)
+    opt = shrink_recipe(tiny_data, 'wb', 10)
     opt['logger'].update(print_freq=2, wandb={'project': 'irtoolkit-test'})
     path = write_options(opt, in_tmp / 'wb.yml')
     run_train(['-opt', path])

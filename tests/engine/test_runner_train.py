@@ -2,15 +2,16 @@
 import json
 import os.path as osp
 
+import pytest
 import torch
-from irtk_testutils import tiny_options, write_options
+from irtk_testutils import shrink_recipe, write_options
 
 from irtoolkit.engine.runner import test as run_test
 from irtoolkit.engine.runner import train as run_train
 
 
 def test_train_20_iters_with_val_and_checkpoints(tiny_data, in_tmp):
-    opt_path = write_options(tiny_options(tiny_data, 'train20', 20), in_tmp / 'train.yml')
+    opt_path = write_options(shrink_recipe(tiny_data, 'train20', 20), in_tmp / 'train.yml')
     run_train(['-opt', opt_path])
     exp = in_tmp / 'experiments' / 'train20'
     for f in ('models/net_g_10.pth', 'models/net_g_20.pth', 'models/net_g_latest.pth', 'training_states/10.state',
@@ -25,14 +26,14 @@ def test_train_20_iters_with_val_and_checkpoints(tiny_data, in_tmp):
 
 
 def test_test_runner_writes_results(tiny_data, in_tmp):
-    run_train(['-opt', write_options(tiny_options(tiny_data, 'tt', 10), in_tmp / 'train.yml')])
+    run_train(['-opt', write_options(shrink_recipe(tiny_data, 'tt', 10), in_tmp / 'train.yml')])
     test_opt = {
         'name': 'tt_test', 'model_type': 'RestorationModel', 'num_gpu': 0,
         'datasets': {'test_1': {'name': 'tiny_val', 'type': 'PairedImageDataset', 'io_backend': {'type': 'disk'},
                                 'dataroot_gt': osp.join(tiny_data, 'val/gt'),
                                 'dataroot_lq': osp.join(tiny_data, 'val/lq'),
                                 'filename_tmpl': '{}'}},
-        'network_g': tiny_options(tiny_data)['network_g'],
+        'network_g': shrink_recipe(tiny_data)['network_g'],
         'path': {'pretrain_network_g': str(in_tmp / 'experiments/tt/models/net_g_latest.pth'),
                  'param_key_g': 'params_ema'},
         'val': {'save_img': True, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}},
@@ -44,11 +45,12 @@ def test_test_runner_writes_results(tiny_data, in_tmp):
     assert len(list((res / 'visualization' / 'tiny_val').glob('*.png'))) == 2
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tiny_data, in_tmp):
     """Stop at iteration 10 (mid-epoch: 20 iters/epoch), resume to 30: same weights as 30 uninterrupted."""
-    full = tiny_options(tiny_data, 'full', 30)
+    full = shrink_recipe(tiny_data, 'full', 30)
     run_train(['-opt', write_options(full, in_tmp / 'full.yml')])
-    part = tiny_options(tiny_data, 'part', 30)
+    part = shrink_recipe(tiny_data, 'part', 30)
     part_path = write_options(part, in_tmp / 'part.yml')
     run_train(['-opt', part_path, '--force_yml', 'train.total_iter=10'])
     run_train(['-opt', part_path, '--auto_resume'])

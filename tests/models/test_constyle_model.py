@@ -39,19 +39,31 @@ def _train(model, loader, iters, start=1):
             return logs
 
 
-def test_constyle_model_30_iterations_losses_fall(tiny_data):
-    """Upstream's losses and settings (unnormalised InfoNCE, T 0.07, query enqueue, negative-MSE style)."""
+@pytest.mark.slow
+def test_constyle_model_30_iterations_trains_the_prior(tiny_data):
+    """Upstream's losses and settings (unnormalised InfoNCE, T 0.07, query enqueue, negative-MSE style): 30 iterations
+    train the pixel loss and the ConStyle prior.
+
+    Past the first iterations the trajectory is chaotic: another CPU (AVX2 or AVX-512 kernels) or thread count
+    changes every later value (the unnormalised InfoNCE spikes; the accuracy moves in steps of 1/4 at batch 4). So
+    each check compares statistics over many iterations against margins measured over 1 and 2 threads, the
+    default/AVX2/AVX-512 kernels (ATEN_CPU_CAPABILITY), 20 starts perturbed by 1e-6 and 5 other seeds (ratios
+    given as worst seen with this seed / worst seen with any seed).
+    """
     set_random_seed(0)
     model = build_model(_opt())
     logs = _train(model, _loader(tiny_data), 30)
     series = {k: np.array([log[k] for log in logs]) for k in logs[0]}
     assert set(series) == {'l_pixel', 'l_infonce', 'l_content', 'l_style', 'acc_infonce', 'l_total'}
     assert all(np.isfinite(v).all() for v in series.values())
-    assert series['l_pixel'][-5:].mean() < series['l_pixel'][:5].mean()
-    # once the queue (16 = 4 batches) holds real latents, the prior learns to match LQ and GT latents
-    assert series['l_infonce'][-5:].mean() < 0.7 * series['l_infonce'][4:10].mean()
-    assert series['l_content'][-5:].mean() < series['l_content'][4:10].mean()
-    assert series['acc_infonce'][-10:].mean() > series['acc_infonce'][4:10].mean()
+    pixel, infonce, content, acc = (series[k] for k in ('l_pixel', 'l_infonce', 'l_content', 'acc_infonce'))
+    assert pixel[-10:].mean() < pixel[:10].mean()  # 0.94 / 0.94: the pixel path hardly depends on the CPU
+    # the prior learns to match LQ and GT latents; medians, as single unnormalised InfoNCE values spike 10x
+    assert np.median(infonce[-15:]) < 0.5 * np.median(infonce[:5])  # 0.18 / 0.29
+    assert content[-15:].mean() < 0.75 * content[:5].mean()  # 0.40 / 0.66
+    # once the queue (K = 16 = 4 batches) holds real latents: 100 retrievals, well above chance 1 / (K + 1)
+    chance = 1 / (NET['constyle_opt']['K'] + 1)
+    assert acc[5:].mean() > 1.5 * chance  # at least 16 / at least 9 of 100 correct; 1.5 x chance is 9
     assert int(bare(model.net_g).ConStyle.queue_ptr) == (30 * 4) % 16
 
 
@@ -118,8 +130,8 @@ def test_pretrain_then_irconstyle(tiny_data, tmp_path):
 def test_options_and_runner(tiny_data, in_tmp):
     """Through the runner: option schema (ConStyle_iter, infonce_opt), logging of every term, checkpoints."""
     from irtoolkit.engine.runner import train
-    from irtk_testutils import tiny_options, write_options
-    opt = tiny_options(tiny_data, 'cs_runner', 6)
+    from irtk_testutils import shrink_recipe, write_options
+    opt = shrink_recipe(tiny_data, 'cs_runner', 6)
     opt.update(model_type='ConStyleModel', network_g=dict(NET))
     opt['train'].update(ConStyle_iter=3, infonce_opt={'type': 'QueueInfoNCELoss', 'normalize': True},
                         content_opt={'type': 'ContentLoss'}, style_opt={'type': 'StyleLoss', 'mode': 'bounded'})

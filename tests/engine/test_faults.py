@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from irtk_testutils import REPO, tiny_options, write_options
+from irtk_testutils import REPO, shrink_recipe, write_options
 
 from irtoolkit.engine.runner import WorkerDiedError
 from irtoolkit.engine.runner import train as run_train
@@ -41,7 +41,7 @@ KILLER = textwrap.dedent('''
 
 
 def _opt(data, name, total_iter=12, **train):
-    opt = tiny_options(data, name, total_iter)
+    opt = shrink_recipe(data, name, total_iter)
     del opt['datasets']['val'], opt['val']
     opt['logger'].update(print_freq=4, save_checkpoint_freq=4)
     opt['train'].update(train)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from irtk_testutils import REPO, tiny_options, write_options
+from irtk_testutils import REPO, shrink_recipe, write_options
 
 from irtoolkit.engine.runner import test as run_test
 from irtoolkit.engine.runner import train as run_train
@@ -18,7 +18,7 @@ STEPS = 6
 
 def _recipe(data, name, **train_ds):
     """Tiny NAFNet (LayerNorm, no BatchNorm), L1, SGD at a constant rate, no EMA: updates linear in the batch mean."""
-    opt = tiny_options(data, name, STEPS)
+    opt = shrink_recipe(data, name, STEPS)
     del opt['datasets']['val'], opt['val']
     opt['datasets']['train'].update(global_batch_size=4, **train_ds)
     opt['train'].update(ema_decay=0, pixel_opt={'type': 'L1Loss'}, optim_g={'type': 'SGD', 'lr': 0.5, 'momentum': 0.9},
@@ -67,12 +67,12 @@ def test_global_batch_that_does_not_divide_is_one_line(tiny_data, in_tmp):
 
 @pytest.mark.slow
 def test_validation_sharded_over_ranks_matches_one_process(tiny_data, in_tmp):
-    run_train(['-opt', write_options(tiny_options(tiny_data, 'w', 4), in_tmp / 'w.yml')])
+    run_train(['-opt', write_options(shrink_recipe(tiny_data, 'w', 4), in_tmp / 'w.yml')])
     test_opt = {'name': 'shard', 'model_type': 'RestorationModel', 'num_gpu': 0,
                 'datasets': {'test_1': {'name': 'tiny_val', 'type': 'PairedImageDataset',
                                         'io_backend': {'type': 'disk'}, 'dataroot_gt': f'{tiny_data}/val/gt',
                                         'dataroot_lq': f'{tiny_data}/val/lq'}},
-                'network_g': tiny_options(tiny_data)['network_g'],
+                'network_g': shrink_recipe(tiny_data)['network_g'],
                 'path': {'pretrain_network_g': str(in_tmp / 'experiments/w/models/net_g_latest.pth')},
                 'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
                                                        'ssim': {'type': 'calculate_ssim', 'crop_border': 0}}}}

@@ -1,6 +1,6 @@
 """EMA (parameters averaged, buffers copied), AMP and gradient clipping from options."""
 import torch
-from irtk_testutils import tiny_options, write_options
+from irtk_testutils import shrink_recipe, write_options
 from torch import nn
 
 from irtoolkit.engine.runner import train as run_train
@@ -44,7 +44,7 @@ def test_ema_averages_params_and_copies_buffers():
 
 
 def test_bf16_amp_and_grad_clip_train_on_cpu(tiny_data, in_tmp):
-    opt = tiny_options(tiny_data, 'amp', 10)
+    opt = shrink_recipe(tiny_data, 'amp', 10)
     opt['train']['amp'] = {'enabled': True, 'dtype': 'bf16'}
     opt['train']['grad_clip'] = 0.1
     run_train(['-opt', write_options(opt, in_tmp / 'amp.yml')])

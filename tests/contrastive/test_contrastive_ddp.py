@@ -6,20 +6,18 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
-from irtk_testutils import REPO
+from irtk_testutils import REPO, SMALL_NAFNET, TESTS, UNIREMOVAL_LABELS
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
 WORKER = r'''
 import json, sys
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, sys.argv[1])
-from irtk_testutils import write_options
-from test_cddgan_model import small_recipe as cdd_recipe
-from test_nlcl_model import small_recipe as nlcl_recipe
-from test_uniremoval_model import stage1_recipe
+from irtk_testutils import (CDDGAN_DEMO, NLCL_DEMO, UNIREMOVAL_DEMO_STAGE1, shrink_recipe, uniremoval_teachers,
+                            write_options)
 from irtoolkit.engine.runner import build_model
 from irtoolkit.models.base_model import bare
 from irtoolkit.utils.options import parse_options
@@ -27,9 +25,13 @@ from irtoolkit.utils.options import parse_options
 data, tmp, teachers = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 dist.init_process_group('gloo')
 rank = dist.get_rank()
-recipes = {'nlcl': (nlcl_recipe(data, d_warmup_iter=1), 40, {}),
-           'cddgan': (cdd_recipe(data), 32, {}),
-           'uni1': (stage1_recipe(data, teachers), 32, {'deg_type': ['rain', 'haze', 'blur']})}
+nlcl = shrink_recipe(data, 'nlcl', **NLCL_DEMO)
+nlcl['nlcl']['d_warmup_iter'] = 1
+uni1 = shrink_recipe(data, 'uni1', **UNIREMOVAL_DEMO_STAGE1)
+uni1['uniremoval']['teachers'] = uniremoval_teachers(teachers)
+recipes = {'nlcl': (nlcl, 40, {}),
+           'cddgan': (shrink_recipe(data, 'cdd', **CDDGAN_DEMO), 32, {}),
+           'uni1': (uni1, 32, {'deg_type': ['rain', 'haze', 'blur']})}
 for name, (recipe, size, extra) in recipes.items():
     opt = parse_options(write_options(recipe, f'{tmp}/{name}_{rank}.yml'), True)
     opt.update(rank=rank, world_size=2, dist=True)
@@ -55,17 +57,13 @@ dist.destroy_process_group()
 '''
 
 
-# the same small student/teachers as tests/test_uniremoval_model.py
-NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
-LABELS = ('haze', 'rain', 'blur')
-
-
+@pytest.mark.slow
 def test_contrastive_models_synchronise_every_trainable_module(tiny_data, in_tmp):
     from irtoolkit.utils.registry import build_network
     teachers = {}
-    for i, lab in enumerate(LABELS):  # random stand-in teachers, as in test_uniremoval_model
+    for i, lab in enumerate(UNIREMOVAL_LABELS):  # random stand-in teachers, as in test_uniremoval_model
         torch.manual_seed(100 + i)
-        net = build_network(NET)
+        net = build_network(SMALL_NAFNET)
         teachers[lab] = str(in_tmp / f'teacher_{lab}.pth')
         torch.save({'params': net.state_dict()}, teachers[lab])
     (in_tmp / 'worker.py').write_text(WORKER)

@@ -1,42 +1,17 @@
 """CDDGANModel: phase isolation (N step changes only the negative generators, G step leaves them unchanged),
-detached keys, and 20 training iterations through the runner with finite, logged losses."""
+detached keys, and 10 training iterations through the runner (checkpoint and validation at 5 and 10) with finite,
+logged losses."""
 import math
-import os.path as osp
 from collections import OrderedDict
 
 import pytest
 import torch
-from irtk_testutils import REPO, write_options
+from irtk_testutils import CDDGAN_DEMO, shrink_recipe, write_options
 
 from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.utils.options import parse_options
-from irtoolkit.utils.recipe import load_recipe
-
-SMALL_G = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
-SMALL_D = {'type': 'PatchGANDiscriminator', 'num_feat': 8, 'num_layers': 2}
-
-
-def small_recipe(data_root, name='cdd', iters=20):
-    """The demo recipe on the tiny pairs (used as unpaired sets), with small networks and 32 px crops."""
-    opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
-    opt['name'] = name
-    tr, va = opt['datasets']['train'], opt['datasets']['val']
-    tr.update(dataroot_lq=osp.join(data_root, 'train/lq'), dataroot_gt=osp.join(data_root, 'train/gt'),
-              io_backend={'type': 'disk'}, gt_size=32, batch_size_per_gpu=2)
-    va.update(dataroot_lq=osp.join(data_root, 'val/lq'), dataroot_gt=osp.join(data_root, 'val/gt'),
-              io_backend={'type': 'disk'})
-    opt.update(network_g=SMALL_G, network_d=SMALL_D)
-    opt['network_n'].update(num_negatives=8, hidden_dim=16, queue_size=16)
-    opt['contrastive'].update(encoder={'type': 'self', 'layers': ['intro', 'encoders.0', 'encoders.1']},
-                              num_patches=16, head={'out_dim': 16, 'hidden_dim': 16},
-                              clear_exemplar=['identity', 'positive'])
-    opt['train']['total_iter'] = iters
-    opt['train']['identity_opt'] = {'type': 'L1Loss', 'loss_weight': 0.5}
-    opt['val']['val_freq'] = 10
-    opt['logger'].update(print_freq=1, save_checkpoint_freq=10)
-    return opt
 
 
 def snapshot(model):
@@ -52,7 +27,7 @@ def changed(before, model):
 @pytest.fixture
 def model(tiny_data, in_tmp):
     torch.manual_seed(0)
-    opt = parse_options(write_options(small_recipe(tiny_data), in_tmp / 'cdd.yml'), True)
+    opt = parse_options(write_options(shrink_recipe(tiny_data, 'cdd', **CDDGAN_DEMO), in_tmp / 'cdd.yml'), True)
     opt.update(rank=0, world_size=1, dist=False)
     m = build_model(opt)
     m.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
@@ -88,15 +63,17 @@ def test_keys_detached_and_queries_carry_gradient(model):
     assert all(t.requires_grad for t in q)
 
 
-def test_trains_20_iters_with_finite_logged_losses(tiny_data, in_tmp):
-    run_train(['-opt', write_options(small_recipe(tiny_data, 'cdd20'), in_tmp / 'cdd20.yml')])
-    exp = in_tmp / 'experiments' / 'cdd20'
-    curves = parse_log(str(next(exp.glob('train_cdd20_*.log'))))
+@pytest.mark.slow
+def test_trains_10_iters_with_finite_logged_losses(tiny_data, in_tmp):
+    opt = shrink_recipe(tiny_data, 'cdd10', 10, checkpoint_freq=5, val_freq=5, **CDDGAN_DEMO)
+    run_train(['-opt', write_options(opt, in_tmp / 'cdd10.yml')])
+    exp = in_tmp / 'experiments' / 'cdd10'
+    curves = parse_log(str(next(exp.glob('train_cdd10_*.log'))))
     for name in ('l_d', 'l_n', 'l_n_nce', 'l_n_div', 'l_g_gan', 'l_cycle', 'l_identity', 'l_nce', 'l_exemplar_idt',
                  'l_exemplar_pos', 'l_g_total'):
         iters, values = curves[name]
-        assert iters == list(range(1, 21)) and all(math.isfinite(v) for v in values), name
+        assert iters == list(range(1, 11)) and all(math.isfinite(v) for v in values), name
     for net in ('g', 'g_b', 'd', 'd_b', 'f', 'f_b', 'fm', 'fm_b', 'n', 'n_b'):
         assert (exp / 'models' / f'net_{net}_latest.pth').is_file()
-    state = torch.load(exp / 'training_states' / '20.state', weights_only=True)
+    state = torch.load(exp / 'training_states' / '10.state', weights_only=True)
     assert set(state['optimizers']) == {'g', 'd', 'f', 'n'}

@@ -4,11 +4,14 @@ import signal
 import subprocess
 import sys
 
-from irtk_testutils import REPO, tiny_options, write_options
+import pytest
+from irtk_testutils import REPO, shrink_recipe, write_options
+
+pytestmark = pytest.mark.slow  # every test starts training processes
 
 
 def test_torchrun_two_process_gloo(tiny_data, in_tmp):
-    opt = tiny_options(tiny_data, 'ddp2', 10)
+    opt = shrink_recipe(tiny_data, 'ddp2', 10)
     opt['datasets']['train']['batch_size_per_gpu'] = 2
     opt_path = write_options(opt, in_tmp / 'ddp.yml')
     env = dict(os.environ, OMP_NUM_THREADS='1')
@@ -26,7 +29,7 @@ def test_torchrun_two_process_gloo(tiny_data, in_tmp):
 
 def test_slurm_launcher_reads_slurm_environment(tiny_data, in_tmp):
     """Two tasks as srun would start them: rank/world/master from SLURM_* variables (gloo on CPU)."""
-    opt = tiny_options(tiny_data, 'slurm2', 4)
+    opt = shrink_recipe(tiny_data, 'slurm2', 4)
     opt['datasets']['train']['batch_size_per_gpu'] = 2
     opt['dist_params'] = {'port': 29641}
     opt_path = write_options(opt, in_tmp / 'slurm.yml')
@@ -45,7 +48,7 @@ def test_slurm_launcher_reads_slurm_environment(tiny_data, in_tmp):
 
 
 def test_sigterm_writes_a_checkpoint_then_resume_continues(tiny_data, in_tmp):
-    opt = tiny_options(tiny_data, 'term', 100000)
+    opt = shrink_recipe(tiny_data, 'term', 100000)
     opt['logger'].update(print_freq=1, save_checkpoint_freq=100000)
     opt_path = write_options(opt, in_tmp / 'term.yml')
     cmd = [sys.executable, os.path.join(REPO, 'irtoolkit/train.py'), '-opt', opt_path]

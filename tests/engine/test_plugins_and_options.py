@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from irtk_testutils import REPO, tiny_options, write_options
+from irtk_testutils import REPO, shrink_recipe, write_options
 
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.utils.options import parse_options, yaml_load
@@ -35,8 +35,8 @@ def test_plugin_arch_from_py_file(tiny_data, in_tmp):
     (plugin_dir / 'my_arch.py').write_text(PLUGIN)
     (in_tmp / 'opts').mkdir()
     # relative to the options file's folder
-    opt = tiny_options(tiny_data, 'plugin', 10, plugins=['../elsewhere/my_arch.py'],
-                       network_g={'type': 'TestPluginResNet', 'width': 8})
+    opt = shrink_recipe(tiny_data, 'plugin', 10, plugins=['../elsewhere/my_arch.py'],
+                        network_g={'type': 'TestPluginResNet', 'width': 8})
     run_train(['-opt', write_options(opt, in_tmp / 'opts' / 'p.yml')])
     assert (in_tmp / 'experiments/plugin/models/net_g_latest.pth').is_file()
     run_train(['-opt', write_options(opt, in_tmp / 'opts' / 'p.yml')])  # imported once per process: no re-registration
@@ -50,7 +50,7 @@ def test_readme_plugin_example_runs(tiny_data, in_tmp):
     (in_tmp / 'path' / 'to').mkdir(parents=True)
     (in_tmp / 'path' / 'to' / 'my_arch.py').write_text(code)
     extra = yaml_load(yaml_block)
-    opt = tiny_options(tiny_data, 'readme_plugin', 5, **extra)
+    opt = shrink_recipe(tiny_data, 'readme_plugin', 5, **extra)
     run_train(['-opt', write_options(opt, in_tmp / 'readme.yml')])
     state = torch.load(in_tmp / 'experiments/readme_plugin/models/net_g_latest.pth', weights_only=True)
     assert state['params']['body.0.weight'].shape == (32, 3, 3, 3)
@@ -74,24 +74,24 @@ def _expect_error(tmp_path, opt, *fragments, text=None):
 
 
 def test_bad_options_fail_with_file_key_and_expectation(tiny_data, tmp_path):
-    base = tiny_options(tiny_data)
+    base = shrink_recipe(tiny_data)
     _expect_error(tmp_path, {**base, 'trian': {}}, 'bad.yml', 'trian: unknown option', 'did you mean train')
-    bad = tiny_options(tiny_data)
+    bad = shrink_recipe(tiny_data)
     bad['train']['total_iter'] = '100'
     _expect_error(tmp_path, bad, 'train.total_iter: expected int, got str')
-    bad = tiny_options(tiny_data)
+    bad = shrink_recipe(tiny_data)
     bad['network_g']['type'] = 'NAFNett'
     _expect_error(tmp_path, bad, 'network_g.type: unknown arch', 'NAFNet')
-    bad = tiny_options(tiny_data)
+    bad = shrink_recipe(tiny_data)
     bad['network_g']['widht'] = 8
     _expect_error(tmp_path, bad, 'network_g.widht: unknown argument for NAFNet', 'width')
-    bad = tiny_options(tiny_data)
+    bad = shrink_recipe(tiny_data)
     bad['model_type'] = 'RestorationModle'
     _expect_error(tmp_path, bad, 'model_type: unknown model', 'RestorationModel')
-    bad = tiny_options(tiny_data)
+    bad = shrink_recipe(tiny_data)
     bad['train']['pixel_opt']['type'] = 'L1Los'
     _expect_error(tmp_path, bad, 'train.pixel_opt.type: unknown loss', 'L1Loss')
-    bad = tiny_options(tiny_data)
+    bad = shrink_recipe(tiny_data)
     bad['logger']['print_freq'] = 1.5
     _expect_error(tmp_path, bad, 'logger.print_freq: expected int')
     _expect_error(tmp_path, None, 'not valid YAML', text='name: [unclosed\n')
@@ -102,7 +102,7 @@ def test_bad_options_fail_with_file_key_and_expectation(tiny_data, tmp_path):
 def test_missing_option_file_and_dataset_root(tiny_data, tmp_path):
     with pytest.raises(OptionError, match='options file not found'):
         parse_options(str(tmp_path / 'nope.yml'))
-    bad = tiny_options(tiny_data)
+    bad = shrink_recipe(tiny_data)
     bad['datasets']['train']['dataroot_gt'] = str(tmp_path / 'missing')
     with pytest.raises(OptionError, match=r'bad.yml: datasets.train.dataroot_gt: not found: .*missing'):
         run_train(['-opt', write_options(bad, tmp_path / 'bad.yml')])
