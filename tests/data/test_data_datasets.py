@@ -123,7 +123,7 @@ def test_multi_degradation_labels_and_balanced_batches(demo):
         DegradationBalancedBatchSampler(ds.labels, 2)
     # the runner's loader builder uses the dataset's own batch sampler: every degradation in every batch
     loader, runner_sampler = build_dataloader(ds, {'batch_size_per_gpu': 3, 'dataset_enlarge_ratio': 2}, 'train')
-    assert isinstance(runner_sampler, DegradationBalancedBatchSampler) and len(loader) == len(runner_sampler)
+    assert isinstance(runner_sampler.sampler, DegradationBalancedBatchSampler) and len(loader) == len(runner_sampler)
     assert all(set(b['label'].tolist()) == {0, 1, 2} for b in loader)
 
 
