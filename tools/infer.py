@@ -58,7 +58,9 @@ def main(argv=None):
     p.add_argument('--ckpt', help='checkpoint (.pth); without it the network keeps its initialisation (warned)')
     p.add_argument('--param-key', default='auto', help='auto (params_ema, else params), params, params_ema')
     p.add_argument('--no-strict', action='store_true', help='allow missing/unexpected checkpoint keys')
-    p.add_argument('--tile', type=int, default=512, help='tile size; 0 = whole image at once')
+    p.add_argument('--tile', type=lambda v: v if v == 'auto' else int(v), default=512,
+                   help="tile size; 0 = whole image at once; auto = from the device's free memory (CUDA); on an "
+                        'out-of-memory error the tile is halved and the image run again')
     p.add_argument('--tile-overlap', type=int, default=32)
     p.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass')
     p.add_argument('--tile-align', type=int, default=0,
@@ -72,7 +74,7 @@ def main(argv=None):
     from tqdm import tqdm
     from irtoolkit.inference.image_io import images_by_stem, read_image, write_image
     from irtoolkit.inference.loader import load_network, network_options
-    from irtoolkit.inference.tiling import tiled_forward
+    from irtoolkit.inference.tiling import tiled_forward_fit
     from irtoolkit.utils.dist import pick_device
     from irtoolkit.utils.options import yaml_load
 
@@ -102,9 +104,9 @@ def main(argv=None):
     missing_gt = []
     start = time.perf_counter()
     for stem, path in tqdm(inputs.items(), unit='img', desc='infer', disable=args.no_progress):
-        img = read_image(path)[None].to(device)
-        out = tiled_forward(net, img, args.tile, args.tile_overlap, align=align, batch_size=args.tile_batch,
-                            progress=not args.no_progress)[0].clamp(0, 1)
+        img = read_image(path)[None]  # stays on the CPU: each tile goes to the device when it runs
+        out = tiled_forward_fit(net, img, args.tile, align=align, overlap=args.tile_overlap, device=device,
+                                batch_size=args.tile_batch, progress=not args.no_progress)[0].clamp(0, 1)
         write_image(osp.join(args.output, f'{stem}.png'), out)
         if args.compare:
             panels, labels = [img[0], out], ['input', net_opt['type']]

@@ -15,11 +15,16 @@ a network with global operations (NAFNet's channel attention pools the whole inp
 multiple of it first, as NAFNet pads), so stride-2 down-sampling sees the same pixel grid in a tile as in the
 whole image. An image no larger than one tile is passed whole: the result is the untiled output, bit for bit.
 """
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from irtoolkit.compat import keep_freed_memory
+
+logger = logging.getLogger('irtoolkit')
 
 
 def tile_starts(length, tile, overlap, align=1):
@@ -60,25 +65,35 @@ def _as_output(result):
     raise TypeError(f'network returned {type(result).__name__}; expected an image tensor')
 
 
+def _net_device(net, default):
+    params = next(iter(net.parameters()), None) if hasattr(net, 'parameters') else None
+    return params.device if params is not None else default
+
+
 @torch.inference_mode()
 def tiled_forward(net, img, tile=256, overlap=32, margin=None, align=1, batch_size=1, out_device=None,
-                  progress=False):
+                  progress=False, device=None):
     """Restore ``img`` (1, C, H, W) with ``net`` tile by tile; returns (1, C_out, H*s, W*s) for scale ``s``.
 
     Args:
-        net: callable on (B, C, h, w) on the device of ``img``.
+        net: callable on (B, C, h, w).
         tile: tile size (rounded down to a multiple of ``align``); ``None`` or 0 runs the whole image at once.
         overlap: minimum overlap of neighbouring tiles; ``margin`` (default ``overlap // 4``) is the border of
             each inner tile edge that gets zero weight. ``overlap > 2 * margin`` is required.
         align: tile starts/sizes are multiples of this (the network's down-sampling factor, e.g. 2**levels).
         batch_size: tiles per forward pass.
         out_device: where the blended output is accumulated (default: the device of ``img``).
+        device: where the network runs (default: its parameters' device). ``img`` may stay on the CPU: each
+            batch of tiles goes to ``device`` only when it runs.
     """
     if img.dim() != 4 or img.shape[0] != 1:
         raise ValueError(f'tiled_forward expects one image (1, C, H, W), got {tuple(img.shape)}')
+    device = torch.device(device) if device is not None else _net_device(net, img.device)
+    if device.type == 'cpu':
+        keep_freed_memory()
     _, _, h, w = img.shape
     if not tile or (h <= tile and w <= tile):
-        return _as_output(net(img))
+        return _as_output(net(img.to(device))).to(out_device or img.device)
     margin = overlap // 4 if margin is None else margin
     tile = max(align, tile // align * align)
     if overlap <= 2 * margin or overlap >= tile:
@@ -94,10 +109,50 @@ def tiled_forward(net, img, tile=256, overlap=32, margin=None, align=1, batch_si
     for b in range(0, len(coords), batch_size):
         chunk = coords[b:b + batch_size]
         batch = torch.cat([x[..., ys[i]:ys[i] + th, xs[j]:xs[j] + tw] for i, j in chunk])
-        blend.add(chunk, _as_output(net(batch)))
+        blend.add(chunk, _as_output(net(batch.to(device, non_blocking=True))))
         bar.update(len(chunk))
     bar.close()
     return blend.result()[None, :, :h * blend.scale, :w * blend.scale]
+
+
+def is_out_of_memory(err):
+    return isinstance(err, torch.cuda.OutOfMemoryError) or 'out of memory' in str(err).lower()
+
+
+def auto_tile(net, device, align=1, channels=3, fraction=0.5, probe=128, largest=2048):
+    """A tile size whose activations fit in ``fraction`` of the device's free memory: one probe forward of a
+    ``probe`` px tile measures the peak bytes per pixel (CUDA). On the CPU: 512."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return 512
+    free, _ = torch.cuda.mem_get_info(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        net(torch.zeros(1, channels, probe, probe, device=device))
+    per_pixel = max(torch.cuda.max_memory_allocated(device) - start, 1) / probe ** 2
+    side = int(math.sqrt(free * fraction / per_pixel))
+    return max(align, min(largest, side) // align * align)
+
+
+def tiled_forward_fit(net, img, tile='auto', min_tile=64, align=1, **kwargs):
+    """:func:`tiled_forward` that fits the device: ``tile='auto'`` from free memory (:func:`auto_tile`), and on an
+    out-of-memory error the tile is halved and the image run again (down to ``min_tile``)."""
+    device = torch.device(kwargs.get('device') or _net_device(net, img.device))
+    if tile == 'auto':
+        tile = auto_tile(net, device, align, img.shape[1])
+    while True:
+        try:
+            return tiled_forward(net, img, tile, align=align, **kwargs)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+            floor, effective = max(min_tile, align), min(tile or max(img.shape[-2:]), max(img.shape[-2:]))
+            if not is_out_of_memory(err) or effective <= floor:
+                raise
+            smaller = max(floor, (effective // 2) // align * align)
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+            logger.warning(f'out of memory with {tile or "no"} tiles on {device}; retrying with {smaller} px tiles')
+            tile = smaller
 
 
 class _Blend:

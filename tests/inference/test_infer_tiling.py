@@ -178,3 +178,26 @@ def test_infer_tool_with_constyle_checkpoint(image_folder, tmp_path):
     with torch.inference_mode():
         expected = net(read_image(one)[None])[0].clamp(0, 1)
     assert (read_image(str(tmp_path / 'o' / 'c1.png')) - expected).abs().max().item() <= 1 / 255 + 1e-6
+
+
+def test_out_of_memory_halves_the_tile_and_runs_again():
+    """A network that runs out of memory above 64 px tiles: whole image (160) -> 80 -> 64 px tiles, then the same
+    output as 64 px tiles."""
+    from irtoolkit.inference.tiling import tiled_forward, tiled_forward_fit
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    tried = []
+
+    def small_memory(x):
+        tried.append(x.shape[-1])
+        if x.shape[-1] > 64:
+            raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')
+        return conv(x)
+
+    img = torch.rand(1, 3, 160, 160)
+    out = tiled_forward_fit(small_memory, img, 256, overlap=16, device='cpu')
+    assert tried[:2] == [160, 80] and set(tried[2:]) == {64}
+    assert torch.equal(out, tiled_forward(conv, img, 64, overlap=16))
+    with pytest.raises(RuntimeError, match='shape mismatch'):  # other errors are not retried
+        tiled_forward_fit(lambda x: (_ for _ in ()).throw(RuntimeError('shape mismatch')), img, 128, overlap=16,
+                          device='cpu')
