@@ -2,12 +2,10 @@
 names, models never write into the options they are given, schemas carry defaults and allowed values, options
 resolve in four steps, one checkpoint reader, and ``--describe``."""
 import copy
-import subprocess
-import sys
 
 import pytest
 import torch
-from irtk_testutils import CDDGAN_DEMO, REPO, shrink_recipe, write_options
+from irtk_testutils import CDDGAN_DEMO, shrink_recipe, write_options
 
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.checkpoint import atomic_save, read_state_dict
@@ -104,35 +102,40 @@ def test_parse_options_in_four_steps(tiny_data, in_tmp):
         validate_options(bad, path)
 
 
-def test_describe_prints_model_and_arch_tables():
-    def run(*args):
-        return subprocess.run([sys.executable, 'irtoolkit/train.py', *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=120)
-    model = run('--describe', 'CDDGANModel')
-    assert model.returncode == 0, model.stderr[-2000:]
-    assert '| contrastive.num_patches ' in model.stdout and '256' in model.stdout
-    arch = run('--describe', 'NAFNet')
-    assert '| width ' in arch.stdout and '| 16 ' in arch.stdout
-    unknown = run('--describe', 'NAFNett')
-    assert unknown.returncode == 2 and unknown.stderr.strip().count('\n') == 0
-    assert 'closest: NAFNet' in unknown.stderr
+def _main(argv, capsys):
+    """``irtoolkit/train.py ARGV`` as its main() runs it: (exit status, stdout, stderr)."""
+    from irtoolkit.train import main
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as end:
+        code = end.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_every_option_problem_of_a_file_in_one_run(tiny_data, in_tmp):
+def test_describe_prints_model_and_arch_tables(capsys):
+    code, out, _ = _main(['--describe', 'CDDGANModel'], capsys)
+    assert code == 0 and '| contrastive.num_patches ' in out and '256' in out
+    code, out, _ = _main(['--describe', 'NAFNet'], capsys)
+    assert code == 0 and '| width ' in out and '| 16 ' in out
+    code, _, err = _main(['--describe', 'NAFNett'], capsys)
+    assert code == 2 and err.strip().count('\n') == 0 and 'closest: NAFNet' in err
+
+
+def test_every_option_problem_of_a_file_in_one_run(tiny_data, in_tmp, capsys):
     """Three mistakes, three lines, exit status 2 and no traceback; --debug shows the traceback."""
     opt = shrink_recipe(tiny_data, 'bad', 10)
     opt['trian'] = {}  # unknown key
     opt['network_g']['widht'] = 8  # unknown constructor argument
     opt['datasets']['train']['dataroot_gt'] = str(in_tmp / 'missing')  # missing path
     path = write_options(opt, in_tmp / 'bad.yml')
-    proc = subprocess.run([sys.executable, f'{REPO}/irtoolkit/train.py', '-opt', path], cwd=in_tmp,
-                          capture_output=True, text=True, timeout=120)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
+    code, _, err = _main(['-opt', path], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and 'Traceback' not in err, err
     assert len(lines) == 3, lines
     assert 'bad.yml: trian: unknown option; did you mean train' in lines[0]
     assert 'bad.yml: network_g.widht: unknown argument for NAFNet; did you mean width?' in lines[1]
     assert lines[2].endswith(f'bad.yml: datasets.train.dataroot_gt: not found: {in_tmp / "missing"}')
-    debug = subprocess.run([sys.executable, f'{REPO}/irtoolkit/train.py', '-opt', path, '--debug'], cwd=in_tmp,
-                           capture_output=True, text=True, timeout=120)
-    assert debug.returncode != 0 and 'Traceback' in debug.stderr
+    with pytest.raises(OptionError):  # --debug: the exception itself, traceback and all
+        _main(['-opt', path, '--debug'], capsys)
