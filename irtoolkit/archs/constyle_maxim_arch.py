@@ -28,7 +28,8 @@ from torch import nn
 from irtoolkit.archs.constyle_arch import ConStyle
 from irtoolkit.archs.constyle_unet_arch import DC, AffineTransform, ConStyleNet
 from irtoolkit.archs.maxim_arch import (BottleneckBlock, CrossGatingBlock, ResizeConv, UNetDecoderBlock,
-                                        UNetEncoderBlock, level_sizes, nearest_downsample, required_multiple, resize)
+                                        UNetEncoderBlock, decoder_bridge, gated_skips, level_sizes,
+                                        nearest_downsample, required_multiple, resize)
 from irtoolkit.utils.registry import ARCH_REGISTRY
 
 
@@ -137,14 +138,8 @@ class ConStyleMaxim(ConStyleNet):
         x = self.Process_Module_bottom(x)
         x = self.local_fusion(torch.cat([x, x * q], 1))
 
-        glob, skips = x, {}
-        for level, first in ((2, 0), (1, 3), (0, 6)):
-            signal = torch.cat([getattr(self, f'UpSampleRatio_{first + j}')(encs[j]) for j in range(3)], dim=1)
-            skips[level], glob = getattr(self, f'cross_gating_block_{level}')(signal, glob)
-
+        skips = gated_skips(self, encs, x, 'cross_gating_block_')
         for level, first in ((2, 9), (1, 12), (0, 15)):
-            signal = torch.cat([getattr(self, f'UpSampleRatio_{first + j}')(skips[src])
-                                for j, src in enumerate((2, 1, 0))], dim=1)
             x = getattr(self, f'UC{level + 1}')(x)
-            x = getattr(self, f'Process_Module_r{level + 1}')(x, bridge=signal)
+            x = getattr(self, f'Process_Module_r{level + 1}')(x, bridge=decoder_bridge(self, skips, first))
         return self.Finetune_Module(x) + inp

@@ -21,7 +21,7 @@ from torch import nn
 
 from irtoolkit.archs.constyle_arch import ConStyle
 from irtoolkit.archs.constyle_unet_arch import DC, UC, AffineTransform, ConStyleNet
-from irtoolkit.archs.uformer_arch import (BasicUformerLayer, InputProj, OutputProj, pad_multiple_of, to_map, to_tokens,
+from irtoolkit.archs.uformer_arch import (InputProj, OutputProj, pad_multiple_of, stage_builder, to_map, to_tokens,
                                           warn_unused)
 from irtoolkit.utils.registry import ARCH_REGISTRY
 
@@ -62,14 +62,7 @@ class ConStyleUformer(ConStyleNet):
         warn_unused('ConStyleUformer', kwargs)
         enc_dpr = torch.linspace(0, drop_path_rate, sum(depths[:3]), device='cpu').tolist()
         dec_dpr = enc_dpr[::-1]
-        common = dict(win_size=win_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
-                      attn_drop=attn_drop_rate, norm_layer=norm_layer, use_checkpoint=use_checkpoint,
-                      token_projection=token_projection, token_mlp=token_mlp, shift_flag=shift_flag)
-
-        def layer(i, width, level, drop_path, **extra):
-            res = (img_size // 2 ** level, img_size // 2 ** level)
-            return BasicUformerLayer(width, width, res, depths[i], num_heads[i], drop_path=drop_path, **common,
-                                     **extra)
+        layer = stage_builder(depths, num_heads, img_size, locals())
 
         decoder = dict(modulator=modulator, cross_modulator=cross_modulator)
         self.ConStyle = ConStyle(Train=Train, **(constyle_opt or {}))

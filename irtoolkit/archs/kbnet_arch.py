@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irtoolkit.archs.arch_util import crop_to, pad_to_multiple
+from irtoolkit.archs.arch_util import unet_forward
 from irtoolkit.archs.nafnet_arch import LayerNorm2d, SimpleGate
 from irtoolkit.utils.registry import ARCH_REGISTRY, get_from_registry
 
@@ -137,14 +137,4 @@ class KBNet(nn.Module):
         self.padder_size = 2 ** len(self.encoders)
 
     def forward(self, inp):
-        inp_p, size = pad_to_multiple(inp, self.padder_size)
-        x = self.intro(inp_p)
-        skips = []
-        for encoder, down in zip(self.encoders, self.downs):
-            x = encoder(x)
-            skips.append(x)
-            x = down(x)
-        x = self.middle_blks(x)
-        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = decoder(up(x) + skip)
-        return crop_to(self.ending(x) + inp_p, size)
+        return unet_forward(self, inp)

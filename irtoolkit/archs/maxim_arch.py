@@ -435,6 +435,22 @@ class ResizeConv(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- network
+def gated_skips(net, encs, glob, gate):
+    """MAXIM's cross-gated skips: per level (2, 1, 0), the three encoder outputs resized to it
+    (``UpSampleRatio_<k>``) gate against the global feature through ``<gate><level>``. Returns {level: skip}."""
+    skips = {}
+    for level, first in ((2, 0), (1, 3), (0, 6)):
+        signal = torch.cat([getattr(net, f'UpSampleRatio_{first + j}')(encs[j]) for j in range(3)], dim=1)
+        skips[level], glob = getattr(net, f'{gate}{level}')(signal, glob)
+    return skips
+
+
+def decoder_bridge(net, skips, first):
+    """The decoder's bridge at one level: the three gated skips resized to it (``UpSampleRatio_<first + j>``)."""
+    return torch.cat([getattr(net, f'UpSampleRatio_{first + j}')(skips[src]) for j, src in enumerate((2, 1, 0))],
+                     dim=1)
+
+
 @ARCH_REGISTRY.register()
 class Maxim(nn.Module):
     """MAXIM-1S (one stage, depth 3, three input scales) with upstream IRConStyle's arguments and defaults
@@ -510,13 +526,7 @@ class Maxim(nn.Module):
             encs.append(bridge)
         feat = self.stage_0_global_block_1(self.stage_0_global_block_0(feat))
 
-        glob, skips = feat, {}
-        for level, first in ((2, 0), (1, 3), (0, 6)):
-            signal = torch.cat([getattr(self, f'UpSampleRatio_{first + j}')(encs[j]) for j in range(3)], dim=1)
-            skips[level], glob = getattr(self, f'stage_0_cross_gating_block_{level}')(signal, glob)
-
+        skips = gated_skips(self, encs, feat, 'stage_0_cross_gating_block_')
         for level, first in ((2, 9), (1, 12), (0, 15)):
-            signal = torch.cat([getattr(self, f'UpSampleRatio_{first + j}')(skips[src])
-                                for j, src in enumerate((2, 1, 0))], dim=1)
-            feat = getattr(self, f'stage_0_decoder_block_{level}')(feat, bridge=signal)
+            feat = getattr(self, f'stage_0_decoder_block_{level}')(feat, bridge=decoder_bridge(self, skips, first))
         return crop_to(self.stage_0_output_conv_0(feat) + inp, size)

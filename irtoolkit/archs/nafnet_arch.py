@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irtoolkit.archs.arch_util import crop_to, pad_to_multiple
+from irtoolkit.archs.arch_util import unet_forward
 from irtoolkit.utils.registry import ARCH_REGISTRY
 
 
@@ -109,15 +109,4 @@ class NAFNet(nn.Module):
         self.padder_size = 2 ** len(self.encoders)
 
     def forward(self, inp):
-        inp_p, size = pad_to_multiple(inp, self.padder_size)
-        x = self.intro(inp_p)
-        skips = []
-        for encoder, down in zip(self.encoders, self.downs):
-            x = encoder(x)
-            skips.append(x)
-            x = down(x)
-        x = self.middle_blks(x)
-        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = decoder(up(x) + skip)
-        x = self.ending(x) + inp_p
-        return crop_to(x, size)
+        return unet_forward(self, inp)

@@ -146,6 +146,12 @@ def _attend(q, k, v, scale, bias=None, mask=None):
     return attn.softmax(dim=-1)
 
 
+def _attention_out(m, x, q, k, v, bias=None, mask=None):
+    """The heads' attended values, merged and projected (``m.proj``, with ``m``'s dropouts): (B_, N, C)."""
+    attn = m.attn_drop(_attend(q, k, v, m.scale, bias, mask))
+    return m.proj_drop(m.proj((attn @ v).transpose(1, 2).reshape(x.shape)))
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention within (B*nW, ws*ws, C) windows, with a relative position bias table
     ((2ws-1)^2, heads) indexed by ``relative_position_index`` (a saved buffer, as upstream)."""
@@ -173,7 +179,6 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, attn_kv=None, mask=None):
-        b_, n, c = x.shape
         q, k, v = self.qkv(x, attn_kv)
         n_win = self.win_size[0] * self.win_size[1]
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
@@ -182,8 +187,7 @@ class WindowAttention(nn.Module):
         if ratio > 1:  # longer keys than the window: each bias column repeated
             bias = bias.repeat_interleave(ratio, dim=-1)
             mask = mask.repeat_interleave(ratio, dim=-1) if mask is not None else None
-        attn = self.attn_drop(_attend(q, k, v, self.scale, bias, mask))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(b_, n, c)))
+        return _attention_out(self, x, q, k, v, bias, mask)
 
 
 class Attention(nn.Module):
@@ -199,10 +203,8 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, attn_kv=None, mask=None):
-        b_, n, c = x.shape
         q, k, v = self.qkv(x, attn_kv)
-        attn = self.attn_drop(_attend(q, k, v, self.scale, mask=mask))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(b_, n, c)))
+        return _attention_out(self, x, q, k, v, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------- feed-forward
@@ -391,6 +393,22 @@ class OutputProj(nn.Module):
         return self.norm(x) if self.norm is not None else x
 
 
+def stage_builder(depths, num_heads, img_size, args):
+    """``layer(i, width, level, drop_path, **extra)``: stage ``i`` (a BasicUformerLayer at resolution level
+    ``level``) with the options every stage of a Uformer shares, read from the constructor's arguments ``args``."""
+    common = dict(win_size=args['win_size'], mlp_ratio=args['mlp_ratio'], qkv_bias=args['qkv_bias'],
+                  qk_scale=args['qk_scale'], drop=args['drop_rate'], attn_drop=args['attn_drop_rate'],
+                  norm_layer=args['norm_layer'], use_checkpoint=args['use_checkpoint'],
+                  token_projection=args['token_projection'], token_mlp=args['token_mlp'],
+                  shift_flag=args['shift_flag'])
+
+    def layer(i, width, level, drop_path, **extra):
+        res = (img_size // 2 ** level, img_size // 2 ** level)
+        return BasicUformerLayer(width, width, res, depths[i], num_heads[i], drop_path=drop_path, **common, **extra)
+
+    return layer
+
+
 def warn_unused(arch, kwargs):
     if kwargs:
         logger.warning(f'{arch}: ignoring arguments {sorted(kwargs)} (accepted and unused, as upstream)')
@@ -429,13 +447,7 @@ class Uformer(nn.Module):
         self.dd_in = dd_in
         enc_dpr = torch.linspace(0, drop_path_rate, sum(depths[:4]), device='cpu').tolist()
         dec_dpr = enc_dpr[::-1]
-        common = dict(win_size=win_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
-                      attn_drop=attn_drop_rate, norm_layer=norm_layer, use_checkpoint=use_checkpoint,
-                      token_projection=token_projection, token_mlp=token_mlp, shift_flag=shift_flag)
-
-        def layer(i, dim, level, drop_path, **extra):
-            res = (img_size // 2 ** level, img_size // 2 ** level)
-            return BasicUformerLayer(dim, dim, res, depths[i], num_heads[i], drop_path=drop_path, **common, **extra)
+        layer = stage_builder(depths, num_heads, img_size, locals())
 
         self.pos_drop = nn.Dropout(p=drop_rate)
         self.input_proj = InputProj(dd_in, embed_dim, 3, 1, act_layer=nn.LeakyReLU)
