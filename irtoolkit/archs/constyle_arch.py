@@ -111,6 +111,7 @@ class ConStyle(nn.Module):
         self.Train, self.dim, self.K, self.m, self.T, self.enqueue = bool(Train), dim, int(K), m, T, enqueue
         self.frozen = False  # set by freeze(): the module then stays in eval mode (BatchNorm: see freeze)
         self.frozen_bn = 'eval'
+        self.mode_asked = True  # the last mode train() was called with (a frozen module reports training False)
         if self.Train:
             # buffers before children, like upstream, so state_dict order matches its checkpoints
             self.register_buffer('queue', torch.randn(dim, self.K))
@@ -146,10 +147,11 @@ class ConStyle(nn.Module):
             raise ValueError(f'ConStyle.freeze: bn must be "eval" or "train", got {bn!r}')
         self.frozen, self.frozen_bn = True, bn
         self.requires_grad_(False)
-        self.train(self.training)
+        self.train(getattr(self, 'mode_asked', self.training))
         return self
 
     def train(self, mode=True):
+        self.mode_asked = mode
         super().train(mode and not self.frozen)
         if mode and self.frozen and self.frozen_bn == 'train':
             for module in self.modules():
