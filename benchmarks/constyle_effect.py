@@ -231,7 +231,7 @@ def table(records, pre, inputs, args, total_wall):
     def ms(values, fmt):
         values = np.asarray(values, float)
         sd = values.std(ddof=1) if len(values) > 1 else float('nan')
-        return f'{values.mean():{fmt}} ± {sd:{fmt}}'
+        return f'{values.mean():{fmt}} ± {sd:{fmt.lstrip("+")}}'
 
     lines = ['| arm | params (trainable) | PSNR | SSIM | ' + ' | '.join(f'{d} PSNR' for d in DEGS)
              + ' | train wall s (CPU s) per run |', '|---|---:|---:|---:|' + '---:|' * len(DEGS) + '---:|']
@@ -248,16 +248,31 @@ def table(records, pre, inputs, args, total_wall):
         cells.append(f'{np.mean([r["wall_s"] for r in rs]):.0f} ({np.mean([r["cpu_s"] for r in rs]):.0f})')
         lines.append('| ' + ' | '.join(cells) + ' |')
     seeds = sorted({r['seed'] for r in records})
+    paired = []
+    for ref in ('NAFNet', 'prior-random'):
+        by_seed = {r['seed']: r['metrics']['mean']['psnr'] for r in records if r['arm'] == ref}
+        cells = []
+        for arm in args.arms:
+            d = [r['metrics']['mean']['psnr'] - by_seed[r['seed']] for r in records
+                 if r['arm'] == arm and arm != ref and r['seed'] in by_seed]
+            if d:
+                cells.append(f'{arm} {ms(d, "+.2f")} ({sum(x > 0 for x in d)}/{len(d)} seeds above)')
+        if cells:
+            paired.append(f'PSNR minus {ref} of the same seed: ' + '; '.join(cells) + '.')
     notes = [f'Mean ± sample std over seeds {seeds} ({len(seeds)} runs per arm); {args.iters} iterations, batch '
              f'{args.batch} ({args.batch // len(DEGS)} per degradation), {args.crop} px crops, threads {args.threads}.']
+    notes += paired
     if pre:
         notes.append('v2 stage 1 (per seed, shared by both v2 arms): '
                      f'{args.pretrain_iters} iterations, batch {args.pretrain_batch}; '
                      + '; '.join(f'seed {p["seed"]}: {p["wall_s"]:.0f} s wall, class accuracy '
                                  f'{p["val"].get("cls_acc", float("nan")):.2f}, retrieval top-1 '
                                  f'{p["val"]["retrieval_top1"]:.2f}' for p in pre) + '.')
-    notes.append(f'Total wall time {total_wall / 60:.1f} min on {platform.processor() or platform.machine()} '
-                 f'({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end).')
+    runs = list(records) + list(pre)
+    notes.append(f'Training wall time, all runs and pre-trainings: {sum(r["wall_s"] for r in runs) / 60:.1f} min '
+                 f'({sum(r["cpu_s"] for r in runs) / 60:.1f} min CPU); this call {total_wall / 60:.1f} min on '
+                 f'{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, load average '
+                 f'{os.getloadavg()[0]:.1f} at the end).')
     return '\n'.join(lines + [''] + notes) + '\n'
 
 
