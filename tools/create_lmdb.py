@@ -9,6 +9,9 @@
     python tools/create_lmdb.py unpaired --lq DIR --gt DIR --out-lq X_lq.lmdb --out-gt X_gt.lmdb
     # single folder (clean images for on-the-fly degradation, test sets)
     python tools/create_lmdb.py single --src DIR --out X.lmdb
+    # class folders (ImageNet's DIR/<class>/<image>): keys <class>/<stem>, and X.lmdb/labels.txt ("<key> <class>")
+    # for LabeledImageDataset (labels: folders or labels: file)
+    python tools/create_lmdb.py classes --src DIR --out X.lmdb
     # check an existing database (every key decodes, shapes match meta_info; with --src: keys and pixels too)
     python tools/create_lmdb.py verify X.lmdb [--src DIR]
 
@@ -31,6 +34,7 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
     sys.path.insert(0, ROOT)
+from irtoolkit.data.labeled_dataset import ClassFolderSource  # noqa: E402
 from irtoolkit.data.lmdb_util import files_to_lmdb, verify_against_files, verify_lmdb  # noqa: E402
 from irtoolkit.data.sources import PairingError, pair_keys, scan_images  # noqa: E402
 
@@ -106,6 +110,15 @@ def run(args):
         _check_targets(args, [args.out])
         files = sorted(scan_images(args.src, '--src').items())
         return 0 if _write(files, args.out, args, 'single') else 1
+    if args.cmd == 'classes':
+        _check_targets(args, [args.out])
+        files = sorted(ClassFolderSource(args.src, '--src').files.items())
+        if not _write(files, args.out, args, 'classes'):
+            return 1
+        with open(osp.join(args.out, 'labels.txt'), 'w', encoding='utf-8') as f:
+            f.writelines(f'{key} {key.split("/", 1)[0]}\n' for key, _ in files)
+        print(f'classes: {len({k.split("/", 1)[0] for k, _ in files})} classes, labels in {args.out}/labels.txt')
+        return 0
     _check_targets(args, [args.out_lq, args.out_gt])
     if getattr(args, 'list', None):
         lq_files, gt_files = read_pair_list(args.list, args.list_root, args.list_order)
@@ -155,9 +168,10 @@ def parse(argv=None):
             s.add_argument('--list', help='instead of --lq/--gt: a text file of "LQ GT" path pairs, one per line')
             s.add_argument('--list-root', help='folder the listed paths are relative to (default: the list\'s)')
             s.add_argument('--list-order', default='lq,gt', help='order of the two paths: lq,gt (default) or gt,lq')
-    s = sub.add_parser('single', parents=[common])
-    s.add_argument('--src', required=True)
-    s.add_argument('--out', required=True)
+    for name in ('single', 'classes'):
+        s = sub.add_parser(name, parents=[common])
+        s.add_argument('--src', required=True, help='image folder' + (' of class sub-folders' * (name == 'classes')))
+        s.add_argument('--out', required=True)
     s = sub.add_parser('verify')
     s.add_argument('db')
     s.add_argument('--src', help='source folder: also compare keys and pixels')

@@ -109,7 +109,9 @@ class ConStyle(nn.Module):
         if int(K) < 1:
             raise ValueError(f'ConStyle: K (queue length) must be >= 1, got {K}')
         self.Train, self.dim, self.K, self.m, self.T, self.enqueue = bool(Train), dim, int(K), m, T, enqueue
-        self.frozen = False  # set by freeze(): the module then stays in eval mode
+        self.frozen = False  # set by freeze(): the module then stays in eval mode (BatchNorm: see freeze)
+        self.frozen_bn = 'eval'
+        self.mode_asked = True  # the last mode train() was called with (a frozen module reports training False)
         if self.Train:
             # buffers before children, like upstream, so state_dict order matches its checkpoints
             self.register_buffer('queue', torch.randn(dim, self.K))
@@ -132,15 +134,30 @@ class ConStyle(nn.Module):
             return q, feas
         return self.train_forward(im_q, im_k)
 
-    def freeze(self):
-        """Stop training the prior: no gradients, eval mode (running BN statistics) from now on."""
-        self.frozen = True
+    def freeze(self, bn='eval'):
+        """Stop training the prior: no gradients and eval mode from now on, except, with ``bn='train'``, its
+        BatchNorm layers, which then follow the network's mode.
+
+        ``bn='eval'``: the head's BatchNorm normalises with its stored running statistics in training as in
+        testing, so training and testing see the same prior. ``bn='train'`` (upstream: its frozen prior keeps
+        running in train mode): while the network trains, each batch is normalised with its own statistics and the
+        running statistics keep moving (momentum 0.1) towards the new data; testing uses those running statistics.
+        """
+        if bn not in ('eval', 'train'):
+            raise ValueError(f'ConStyle.freeze: bn must be "eval" or "train", got {bn!r}')
+        self.frozen, self.frozen_bn = True, bn
         self.requires_grad_(False)
-        self.eval()
+        self.train(getattr(self, 'mode_asked', self.training))
         return self
 
     def train(self, mode=True):
-        return super().train(mode and not self.frozen)
+        self.mode_asked = mode
+        super().train(mode and not self.frozen)
+        if mode and self.frozen and self.frozen_bn == 'train':
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train(True)
+        return self
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()

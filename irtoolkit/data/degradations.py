@@ -1,4 +1,5 @@
-"""Seeded synthetic degradations: haze, rain streaks, Gaussian/Poisson noise, motion/defocus blur, JPEG.
+"""Seeded synthetic degradations: haze, rain streaks, Gaussian/Poisson noise, motion/defocus blur, JPEG, and
+Real-ESRGAN's second-order pipeline (``realesrgan``: blur kernels, resizes, noise, JPEG, sinc, twice).
 
 Every function takes an RGB float32 image ``(H, W, 3)`` in [0, 1] and returns a new one of the same shape,
 clipped to [0, 1]. A parameter is a number or a ``[low, high]`` range drawn uniformly from ``rng`` (an
@@ -16,7 +17,8 @@ import cv2
 import numpy as np
 
 __all__ = ['DEGRADATIONS', 'build_degradation', 'add_haze', 'add_rain', 'add_gaussian_noise', 'add_poisson_noise',
-           'motion_blur', 'defocus_blur', 'jpeg_compress', 'depth_proxy', 'as_rng']
+           'motion_blur', 'defocus_blur', 'jpeg_compress', 'depth_proxy', 'as_rng', 'realesrgan', 'blur_kernel',
+           'sinc_kernel', 'usm_sharpen']
 
 
 def as_rng(rng):
@@ -191,9 +193,164 @@ def jpeg_compress(img, rng=None, quality=(30, 95)):
     return out.astype(np.float32) / 255.0
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Real-ESRGAN's second-order degradation (Wang et al., ICCVW 2021, arXiv 2107.10833), as ConStyle v2 uses it to
+# pre-train its prior. Written from the paper's formulas and the parameter names of its option files.
+
+def _cov(sig_x, sig_y, theta):
+    """Covariance R diag(sx^2, sy^2) R^T of an anisotropic kernel rotated by ``theta``."""
+    c, s = np.cos(theta), np.sin(theta)
+    rot = np.array([[c, -s], [s, c]])
+    return rot @ np.diag([sig_x ** 2, sig_y ** 2]) @ rot.T
+
+
+def _quad_form(size, cov):
+    """x^T cov^-1 x on a ``size`` x ``size`` grid centred on 0."""
+    r = np.arange(size) - size // 2
+    xx, yy = np.meshgrid(r, r)
+    pts = np.stack([xx, yy], -1).astype(np.float64)
+    return np.einsum('...i,ij,...j->...', pts, np.linalg.inv(cov), pts)
+
+
+def blur_kernel(kind, size, sigma_x, sigma_y=None, theta=0.0, beta=1.0):
+    """A normalised ``size`` x ``size`` blur kernel: ``iso``/``aniso`` Gaussian ``exp(-q/2)``,
+    ``generalized_*`` ``exp(-q^beta/2)`` and ``plateau_*`` ``1/(1 + q^beta)`` with ``q = x^T S^-1 x``
+    (Real-ESRGAN, Eq. 2 and its generalised and plateau variants). ``iso`` kinds use ``sigma_x`` for both axes."""
+    if kind.endswith('iso') and not kind.endswith('aniso'):
+        sigma_y, theta = sigma_x, 0.0
+    q = _quad_form(size, _cov(sigma_x, sigma_y, theta))
+    if kind in ('iso', 'aniso'):
+        k = np.exp(-0.5 * q)
+    elif kind.startswith('generalized'):
+        k = np.exp(-0.5 * q ** beta)
+    elif kind.startswith('plateau'):
+        k = 1.0 / (1.0 + q ** beta)
+    else:
+        raise ValueError(f'blur_kernel: unknown kind {kind!r}')
+    return (k / k.sum()).astype(np.float32)
+
+
+def sinc_kernel(size, cutoff):
+    """2-D circular low-pass (sinc) kernel ``cutoff / (2 pi r) * J1(cutoff r)`` (Real-ESRGAN Eq. 3), normalised."""
+    from scipy.special import j1
+    r = np.arange(size) - size // 2
+    rr = np.hypot(*np.meshgrid(r, r)).astype(np.float64)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        k = cutoff * j1(cutoff * rr) / (2 * np.pi * rr)
+    k[size // 2, size // 2] = cutoff ** 2 / (4 * np.pi)  # the limit at r = 0
+    return (k / k.sum()).astype(np.float32)
+
+
+def _random_kernel(rng, kernel_list, kernel_prob, sinc_prob, sigma, betag, betap, sizes=range(7, 22, 2)):
+    size = int(rng.choice(list(sizes)))
+    if rng.random() < sinc_prob:
+        cutoff = rng.uniform(np.pi / 3, np.pi) if size < 13 else rng.uniform(np.pi / 5, np.pi)
+        return sinc_kernel(size, cutoff)
+    p = np.asarray(kernel_prob, np.float64)
+    kind = kernel_list[int(rng.choice(len(kernel_list), p=p / p.sum()))]
+    beta = 1.0
+    if kind.startswith('generalized'):
+        beta = rng.uniform(*betag) if rng.random() < 0.5 else rng.uniform(betag[0], 1)
+    elif kind.startswith('plateau'):
+        beta = rng.uniform(*betap) if rng.random() < 0.5 else rng.uniform(betap[0], 1)
+    return blur_kernel(kind, size, rng.uniform(*sigma), rng.uniform(*sigma), rng.uniform(-np.pi, np.pi), beta)
+
+
+def _filter(img, k):
+    return cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REFLECT_101)
+
+
+_RESIZE_MODES = {'area': cv2.INTER_AREA, 'bilinear': cv2.INTER_LINEAR, 'bicubic': cv2.INTER_CUBIC}
+
+
+def _resize(img, h, w, rng):
+    mode = list(_RESIZE_MODES)[int(rng.integers(3))]
+    return cv2.resize(img, (max(int(w), 1), max(int(h), 1)), interpolation=_RESIZE_MODES[mode])
+
+
+def _random_scale(rng, prob, scale_range):
+    kind = int(rng.choice(3, p=np.asarray(prob, np.float64) / np.sum(prob)))  # up, down, keep
+    return rng.uniform(1, scale_range[1]) if kind == 0 else rng.uniform(scale_range[0], 1) if kind == 1 else 1.0
+
+
+def _noise(img, rng, gaussian_prob, sigma_range, poisson_range, gray_prob):
+    gray = rng.random() < gray_prob
+    if rng.random() < gaussian_prob:
+        shape = img.shape[:2] + (1, ) if gray else img.shape
+        noise = rng.standard_normal(shape) * rng.uniform(*sigma_range) / 255.0
+    else:  # Poisson noise at the image's own quantisation, scaled (Real-ESRGAN's poisson_scale_range)
+        src = img.mean(axis=2, keepdims=True) if gray else img
+        vals = 2 ** np.ceil(np.log2(max(len(np.unique(np.round(src * 255))), 2)))
+        noise = (rng.poisson(np.clip(src, 0, 1) * vals) / vals - src) * rng.uniform(*poisson_range)
+    return np.clip(img + noise, 0, 1).astype(np.float32)
+
+
+def usm_sharpen(img, weight=0.5, radius=50, threshold=10):
+    """Unsharp masking as Real-ESRGAN sharpens its targets: ``img + weight * (img - blur)`` where the residual
+    exceeds ``threshold`` (0-255 scale), blended through a blurred mask."""
+    k = radius + 1 if radius % 2 == 0 else radius
+    blur = cv2.GaussianBlur(img, (k, k), 0)
+    residual = img - blur
+    mask = (np.abs(residual) * 255 > threshold).astype(np.float32)
+    soft = cv2.GaussianBlur(mask, (k, k), 0)
+    sharp = np.clip(img + weight * residual, 0, 1)
+    return (soft * sharp + (1 - soft) * img).astype(np.float32)
+
+
+def realesrgan(img, rng=None, usm=True,
+               resize_prob=(0.2, 0.7, 0.1), resize_range=(0.15, 1.5), gaussian_noise_prob=0.5, noise_range=(1, 30),
+               poisson_scale_range=(0.05, 3), gray_noise_prob=0.4, jpeg_range=(30, 95),
+               second_blur_prob=0.8, resize_prob2=(0.3, 0.4, 0.3), resize_range2=(0.3, 1.2), gaussian_noise_prob2=0.5,
+               noise_range2=(1, 25), poisson_scale_range2=(0.05, 2.5), gray_noise_prob2=0.4, jpeg_range2=(30, 95),
+               kernel_list=('iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso'),
+               kernel_prob=(0.45, 0.25, 0.12, 0.03, 0.12, 0.03), sinc_prob=0.1, blur_sigma=(0.2, 3),
+               betag_range=(0.5, 4), betap_range=(1, 2), kernel_list2=None, kernel_prob2=None, sinc_prob2=0.1,
+               blur_sigma2=(0.2, 1.5), betag_range2=(0.5, 4), betap_range2=(1, 2), final_sinc_prob=0.8):
+    """Real-ESRGAN's second-order degradation at scale 1 (the output has the input's size), ConStyle v2's
+    pre-training degradation; defaults are the values of upstream ConStyle v2's ``real_esrgan`` options.
+
+    Optional unsharp masking of the clean image, then twice: blur (a random Gaussian, generalised or plateau
+    kernel, or a sinc; the second time with probability ``second_blur_prob``), a random resize (up, down or keep
+    with ``resize_prob``; area, bilinear or bicubic), Gaussian (colour or grey) or Poisson noise, JPEG (the
+    second JPEG comes with the last step); finally, in random order, [resize back + a sinc filter with probability
+    ``final_sinc_prob``] and JPEG. Quantised to 8 bits.
+    """
+    _check(img, 'realesrgan')
+    rng = as_rng(rng)
+    h, w = img.shape[:2]
+    out = usm_sharpen(img) if usm else img
+    # first order
+    out = _filter(out, _random_kernel(rng, kernel_list, kernel_prob, sinc_prob, blur_sigma, betag_range, betap_range))
+    s = _random_scale(rng, resize_prob, resize_range)
+    out = _resize(out, h * s, w * s, rng)
+    out = _noise(out, rng, gaussian_noise_prob, noise_range, poisson_scale_range, gray_noise_prob)
+    out = jpeg_compress(np.clip(out, 0, 1).astype(np.float32), rng, jpeg_range)
+    # second order
+    if rng.random() < second_blur_prob:
+        k = _random_kernel(rng, kernel_list2 or kernel_list, kernel_prob2 or kernel_prob, sinc_prob2, blur_sigma2,
+                           betag_range2, betap_range2)
+        out = _filter(out, k)
+    s = _random_scale(rng, resize_prob2, resize_range2)
+    out = _resize(out, h * s, w * s, rng)
+    out = _noise(out, rng, gaussian_noise_prob2, noise_range2, poisson_scale_range2, gray_noise_prob2)
+
+    def back_and_sinc(x):
+        x = _resize(x, h, w, rng)
+        if rng.random() < final_sinc_prob:
+            size = int(rng.choice(list(range(7, 22, 2))))
+            x = _filter(x, sinc_kernel(size, rng.uniform(np.pi / 3, np.pi)))
+        return np.clip(x, 0, 1).astype(np.float32)
+
+    if rng.random() < 0.5:
+        out = jpeg_compress(back_and_sinc(out), rng, jpeg_range2)
+    else:
+        out = back_and_sinc(jpeg_compress(np.clip(out, 0, 1).astype(np.float32), rng, jpeg_range2))
+    return (np.round(np.clip(out, 0, 1) * 255) / 255).astype(np.float32)
+
+
 DEGRADATIONS = {
     'haze': add_haze, 'rain': add_rain, 'gaussian_noise': add_gaussian_noise, 'poisson_noise': add_poisson_noise,
-    'motion_blur': motion_blur, 'defocus_blur': defocus_blur, 'jpeg': jpeg_compress,
+    'motion_blur': motion_blur, 'defocus_blur': defocus_blur, 'jpeg': jpeg_compress, 'realesrgan': realesrgan,
 }
 
 

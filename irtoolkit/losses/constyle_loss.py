@@ -1,5 +1,6 @@
-"""ConStyle's three prior losses (IRConStyle, Fan et al., arXiv 2402.15784). Defaults reproduce upstream exactly;
-options fix its weaknesses (see ``docs/constyle.md``). All take latents (B, C) and return a scalar.
+"""ConStyle's prior losses (IRConStyle, Fan et al., arXiv 2402.15784) and ConStyle v2's class-head terms (arXiv
+2406.18242). Defaults reproduce upstream exactly; options fix its weaknesses (see ``docs/constyle.md``). The prior
+losses take latents (B, C), the class-head ones logits (B, N); all return a scalar.
 """
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,8 @@ class StyleLoss(nn.Module):
 
 @LOSS_REGISTRY.register()
 class LabelCrossEntropyLoss(nn.Module):
-    """``w * CE(logits (B, N), labels (B,))``: ConStyle v2's classification pretext task (here: which degradation)."""
+    """``w * CE(logits (B, N), labels (B,))``: ConStyle v2's classification pretext task (upstream: the ImageNet
+    class of the image; here also the degradation, see ``ConStylePretrainModel``'s ``cls_labels``)."""
 
     def __init__(self, loss_weight=1.0, label_smoothing=0.0):
         super().__init__()
@@ -97,3 +99,27 @@ class LabelCrossEntropyLoss(nn.Module):
 
     def forward(self, logits, labels):
         return self.loss_weight * F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+
+@LOSS_REGISTRY.register()
+class KLDistillLoss(nn.Module):
+    """ConStyle v2's knowledge distillation between the class heads of the two encoders (arXiv 2406.18242).
+
+    ``loss = w * T^2 * KL(p_t || p_s)``, ``p = softmax(logits / T)``, summed over classes and averaged over the
+    batch (torch's ``batchmean``). The teacher (upstream: the momentum key encoder on the clean image) carries no
+    gradient; the student is the query encoder on the degraded image. Upstream: T = 1, weight 1, every iteration.
+    forward(student_logits (B, N), teacher_logits (B, N)).
+    """
+
+    def __init__(self, loss_weight=1.0, temperature=1.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f'KLDistillLoss: temperature must be > 0, got {temperature}')
+        self.loss_weight, self.temperature = loss_weight, temperature
+
+    def forward(self, student, teacher):
+        t = self.temperature
+        log_p_s = F.log_softmax(student / t, dim=1)
+        log_p_t = F.log_softmax(teacher.detach() / t, dim=1)
+        kl = F.kl_div(log_p_s, log_p_t, reduction='batchmean', log_target=True)
+        return self.loss_weight * t * t * kl

@@ -5,8 +5,11 @@ encoder on LQ, momentum key encoder on GT, queue) and the restoration, and minim
 
     pixel (and any other ``train.*_opt`` image loss) + InfoNCE(q, k, queue) + Content(q, k) + Style([q0, q1], neg)
 
-Afterwards the prior is frozen (no gradients, eval-mode BatchNorm) and the step is ``net_g(lq)`` with the image
-losses only; the momentum update and enqueue are skipped. Upstream's ``CrossEntropy_opt: {type:
+Afterwards the prior is frozen (no gradients) and the step is ``net_g(lq)`` with the image losses only; the
+momentum update and enqueue are skipped. The frozen prior's BatchNorm (``train.ConStyle_bn``): ``eval`` (default)
+normalises with the stored statistics in training as in testing; ``train`` is upstream's behaviour (its frozen prior
+keeps running in train mode): each training batch is normalised with its own statistics and the running statistics
+keep moving towards the training data, which testing then uses. Upstream's ``CrossEntropy_opt: {type:
 CrossEntropyLoss}`` is accepted for ``infonce_opt``. Logged: ``l_<name>`` for every term, ``l_total`` and
 ``acc_infonce`` (share of samples whose positive beats all queue entries). The network must expose ``ConStyle``
 and accept ``net(lq, gt)`` (see ``ConStyleUNet``).
@@ -36,6 +39,9 @@ class ConStyleModel(RestorationModel):
     OPTION_SCHEMA = {'train': {
         'ConStyle_iter': Option(int, None, doc='last iteration with the ConStyle losses, then the prior is frozen; '
                                 '-1 freezes at once; unset: never'),
+        'ConStyle_bn': Option(str, 'eval', choices=('eval', 'train'),
+                              doc='BatchNorm of the frozen prior while the network trains: eval (stored statistics, '
+                                  'as in testing) or train (upstream: batch statistics, running ones keep moving)'),
         'mixing_augs': Option(MIXING_AUGS_SCHEMA, doc="Restormer's mixup, training batches only"),
         'CrossEntropy_opt': Option(dict, doc="upstream IRConStyle's name of infonce_opt ({type: CrossEntropyLoss})"),
     }}
@@ -64,7 +70,7 @@ class ConStyleModel(RestorationModel):
     def freeze_constyle(self, current_iter=None):
         """Freeze the prior in the trained network and its EMA copy; re-wrap DDP without the frozen parameters."""
         for net in [bare(self.net_g)] + list(self.ema_networks.values()):
-            net.ConStyle.freeze()
+            net.ConStyle.freeze(self.opt['train']['ConStyle_bn'])
         self.net_g = self.rewrap('net_g')
         self.constyle_frozen = True
         logger.info(f'ConStyle frozen at iter {current_iter}: its losses and training forward stop')

@@ -1,19 +1,31 @@
 """ConStylePretrainModel: ConStyle v2's first stage, the prior trained alone (Fan et al., arXiv 2406.18242).
 
-``network_g`` is a ``ConStyle`` (``Train: true``; ``num_classes`` > 0 adds the classification head). Each step
+``network_g`` is a ``ConStyle`` (``Train: true``; ``num_classes`` > 0 adds v2's classification head). Each step
 embeds the degraded image with the query encoder and the clean image with the momentum key encoder and minimises
-InfoNCE + Content + Style (``train.infonce_opt``, ``content_opt``, ``style_opt``, as in ConStyleModel) plus, with a
-head, ``train.cls_opt`` (cross-entropy of the query's logits against the degradation label, ``cls_iter`` iterations).
+
+    InfoNCE + Content + Style                  (train.infonce_opt, content_opt, style_opt, as in ConStyleModel)
+    + CE(head(query), label)                   (train.cls_opt, iterations <= cls_iter; upstream: 50,000)
+    + KL(softmax(head_k(clean)) || softmax(head_q(degraded)))   (train.kl_opt, iterations <= kl_iter; upstream:
+                                                                 every iteration)
+
+The two class-head terms need a head; they reach only the query encoder's conv stages and head (the MLP latents
+feed InfoNCE, Content and Style), never the key encoder, which follows by momentum.
+
+Labels of the head (``train.cls_labels``): ``dataset`` reads the batch's ``label`` (``LabeledImageDataset``: class
+folders such as ImageNet's, or a label file next to a folder or an LMDB; ``MultiDegradationDataset``: the set);
+``degradation`` uses the index of the degradation drawn by ``train.degradations``; ``auto`` (default) is
+``degradation`` when ``train.degradations`` is given, else ``dataset``.
 
 Data: unlike upstream v2 (independent random crops for LQ and GT, so the positive was a different crop), the
 degraded image is always the same crop as the clean one (pixel-aligned):
     * ``train.degradations: {name: [degradation specs], ...}`` degrades the clean ``gt`` batch on the fly, one
-      named degradation per sample drawn uniformly, its index being the label (specs are those of
-      ``irtoolkit.data.degradations.build_degradation``: haze, rain, gaussian_noise, motion_blur, jpeg, ...);
-    * without it, the batch's own ``lq`` (paired datasets) and ``label`` (MultiDegradationDataset) are used.
+      named degradation per sample drawn uniformly (specs are those of
+      ``irtoolkit.data.degradations.build_degradation``: haze, rain, gaussian_noise, motion_blur, jpeg,
+      realesrgan ...);
+    * without it, the batch's own ``lq`` (paired datasets, or a dataset with ``degradations``) is used.
 Validation on pairs: ``retrieval_top1`` (the share of degraded images whose nearest clean embedding is their own
 clean image, cosine, within the validation set), ``cos_pos`` (mean cosine of matching pairs) and, with a head and
-labels, ``cls_acc``.
+labels, ``cls_acc``. Logged in training: ``l_cls``, ``acc_cls`` (top-1 of the batch), ``l_kl``.
 """
 import logging
 from collections import OrderedDict
@@ -38,6 +50,10 @@ class ConStylePretrainModel(BaseModel):
     OPTION_SCHEMA = {'train': {
         'degradations': Option(dict, doc='{name: [degradation specs]}: degrade gt on the fly, the index is the label'),
         'cls_iter': Option(int, None, doc='last iteration of the classification loss; unset: every iteration'),
+        'kl_iter': Option(int, None, doc='last iteration of the KL distillation loss; unset: every iteration'),
+        'cls_labels': Option(str, 'auto', choices=('auto', 'dataset', 'degradation'),
+                             doc="labels of the class head: the batch's label, the on-the-fly degradation's index, "
+                                 'or auto (degradation with train.degradations, else dataset)'),
     }}
 
     # ------------------------------------------------------------------ networks and losses
@@ -53,14 +69,21 @@ class ConStylePretrainModel(BaseModel):
             raise OptionError(f'{self.opt.get("opt_path", "")}: network_g.Train: must be true to pre-train ConStyle')
         specs = self.opt['train'].get('degradations') or {}
         self.degradations = [(name, build_degradation(s, f'train.degradations.{name}')) for name, s in specs.items()]
+        source = self.opt['train']['cls_labels']
+        if source == 'degradation' and not self.degradations:
+            raise OptionError(f'{self.opt.get("opt_path", "")}: train.cls_labels: degradation needs train.degradations')
+        self.labels_from_degradation = source == 'degradation' or (source == 'auto' and bool(self.degradations))
 
     def setup_losses(self):
         losses = build_constyle_losses(self)
-        if self.opt['train'].get('cls_opt') and bare(self.net_g).encoder_q.classifier is None:
-            raise OptionError(f'{self.opt.get("opt_path", "")}: train.cls_opt needs network_g.num_classes > 0')
-        losses.update(self.build_losses(optional=('cls', )))
+        for name in ('cls', 'kl'):
+            if self.opt['train'].get(f'{name}_opt') and bare(self.net_g).encoder_q.classifier is None:
+                raise OptionError(f'{self.opt.get("opt_path", "")}: train.{name}_opt needs network_g.num_classes > 0 '
+                                  '(the class head)')
+        losses.update(self.build_losses(optional=('cls', 'kl')))
         if not losses:
-            raise OptionError(f'{self.opt.get("opt_path", "")}: train: no loss (infonce_opt, content_opt, style_opt)')
+            raise OptionError(f'{self.opt.get("opt_path", "")}: train: no loss (infonce_opt, content_opt, style_opt, '
+                              'cls_opt, kl_opt)')
         return losses
 
     def setup_optimizers(self):
@@ -89,19 +112,35 @@ class ConStylePretrainModel(BaseModel):
     # ------------------------------------------------------------------ training
     def optimize_parameters(self, current_iter):
         if self.degradations:  # on the fly, here and not in feed_data: validation pairs stay as read
-            self.lq, self.label = (t.to(self.device) for t in self.degrade(self.gt.cpu()))
+            lq, deg_label = (t.to(self.device) for t in self.degrade(self.gt.cpu()))
+            self.lq = lq
+            if self.labels_from_degradation:
+                self.label = deg_label
         self.zero_grad('g')
         with self.autocast():
             out = self.net_g(self.lq, self.gt)  # through forward, so DDP sees it
         total, loss_dict = constyle_loss_terms(self.losses, out)
-        cls_iter = self.opt['train']['cls_iter']
-        if 'cls' in self.losses and self.label is not None and (cls_iter is None or current_iter <= cls_iter):
-            loss_dict['l_cls'] = self.losses['cls'](out['logits_q'].float(), self.label)
+        if self.term_active('cls', current_iter):
+            if self.label is None:
+                raise KeyError('ConStylePretrainModel: train.cls_opt needs labels: the batch has no "label" '
+                               '(use a labelled dataset or train.degradations)')
+            logits = out['logits_q'].float()
+            loss_dict['l_cls'] = self.losses['cls'](logits, self.label)
             total = total + loss_dict['l_cls']
+            with torch.no_grad():
+                loss_dict['acc_cls'] = (logits.argmax(1) == self.label).float().mean()
+        if self.term_active('kl', current_iter):
+            loss_dict['l_kl'] = self.losses['kl'](out['logits_q'].float(), out['logits_k'].float())
+            total = total + loss_dict['l_kl']
         loss_dict['l_total'] = total
         self.backward_step(total, 'g', terms=loss_dict)
         self.reduce_loss_dict(loss_dict)
         self.update_ema()
+
+    def term_active(self, name, current_iter):
+        """Whether the class-head term ``name`` (cls, kl) is configured and ``current_iter <= train.<name>_iter``."""
+        last = self.opt['train'][f'{name}_iter']
+        return name in self.losses and (last is None or current_iter <= last)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()

@@ -1,8 +1,9 @@
 """IRConStyleModel: ConStyle v2's second stage (Fan et al., arXiv 2406.18242).
 
 A ConStyle prior pre-trained on its own (``ConStylePretrainModel``, or any checkpoint holding ConStyle weights) is
-loaded into ``net_g.ConStyle``, frozen (no gradients, eval-mode BatchNorm), and only the backbone trains with the
-image losses (``train.pixel_opt`` ...). Options:
+loaded into ``net_g.ConStyle``, frozen (no gradients), and only the backbone trains with the image losses
+(``train.pixel_opt`` ...). The frozen prior's BatchNorm follows ``train.ConStyle_bn`` (``eval``: stored statistics,
+as in testing; ``train``: upstream's batch statistics, see ``ConStyleModel``). Options:
 
     path.pretrain_constyle: path        # a ConStyle checkpoint (keys encoder_q.*) or a whole ConStyle<X> one
     path.param_key_constyle: params_ema # default: params_ema when present, else params
@@ -87,7 +88,7 @@ class IRConStyleModel(ConStyleModel):
         if ignored:
             logger.info(f'IRConStyleModel: the prior is frozen; ignoring train.{", train.".join(ignored)}')
         self.constyle_iter = -1
-        bare(self.net_g).ConStyle.freeze()  # before the EMA copy and the optimiser are built
+        bare(self.net_g).ConStyle.freeze(self.opt['train']['ConStyle_bn'])  # before the EMA copy and the optimiser
 
     def init_training_settings(self):
         super().init_training_settings()
