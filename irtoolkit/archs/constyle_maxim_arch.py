@@ -98,7 +98,15 @@ class ConStyleMaxim(ConStyleNet):
                             input_proj_factor, channels_reduction, use_bias=bias, dropout_rate=dropout_rate)
             for _ in range(bottom_blk_num)])
         self.local_fusion = nn.Conv2d(8 * f, 3 * f, 1, bias=False)
+        self._build_gating_and_decoder(f, sizes, bias, dropout_rate, block)
+        self.mlp = nn.Sequential(nn.Linear(128, 4 * f))
+        self.AffineTransform2 = AffineTransform(128, f, 'lrelu')
+        self.AffineTransform1 = AffineTransform(64, f, 'lrelu')
+        self.AffineTransform0 = AffineTransform(32, f, 'lrelu')
+        self.Finetune_Module = nn.Sequential(nn.Conv2d(2 * f, num_outputs, 3, padding=1, bias=bias))
 
+    def _build_gating_and_decoder(self, f, sizes, bias, dropout_rate, block):
+        """Cross gating at levels 2, 1, 0 and the decoder (upstream's module names, in upstream's order)."""
         # cross gating at levels 2, 1, 0 from the encoder outputs (widths f, 2f, 3f); the level-0 output has f
         # channels already and is only resized (no parameters)
         for level, first, cin_y in ((2, 0, 3 * f), (1, 3, f), (0, 6, f)):
@@ -117,12 +125,6 @@ class ConStyleMaxim(ConStyleNet):
             setattr(self, f'UC{level + 1}', UpShuffle(up_width))
             setattr(self, f'Process_Module_r{level + 1}',
                     UNetDecoderBlock(cin, width, *sizes[level], with_up_conv=False, **block))
-
-        self.mlp = nn.Sequential(nn.Linear(128, 4 * f))
-        self.AffineTransform2 = AffineTransform(128, f, 'lrelu')
-        self.AffineTransform1 = AffineTransform(64, f, 'lrelu')
-        self.AffineTransform0 = AffineTransform(32, f, 'lrelu')
-        self.Finetune_Module = nn.Sequential(nn.Conv2d(2 * f, num_outputs, 3, padding=1, bias=bias))
 
     def restore(self, inp, latent, feas):
         """Upstream's ``forward(x, q, feas)``: ``inp`` (B, 3, H, W) with H, W multiples of :attr:`pad_multiple`."""
