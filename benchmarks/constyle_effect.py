@@ -103,12 +103,16 @@ def train_loader(root, crop, batch, seed):
     return build_dataloader(build_dataset(ds, 'datasets.train'), ds, 'train', seed=seed)[0]
 
 
-def val_loaders(root):
+def val_loaders(root, limit=None):
+    """One loader per degradation over its validation images (the first ``limit`` of them when given)."""
     loaders = {}
     for d in DEGS:
         ds = {'name': d, 'type': 'PairedRestorationDataset', 'phase': 'val', 'dataroot_lq': f'{root}/{d}/val/lq',
               'dataroot_gt': f'{root}/{d}/val/gt', 'io_backend': {'type': 'disk'}}
-        loaders[d] = build_dataloader(build_dataset(ds, f'datasets.val_{d}'), ds, 'val')[0]
+        dataset = build_dataset(ds, f'datasets.val_{d}')
+        if limit:
+            dataset.sets.pairs = dataset.sets.pairs[:limit]
+        loaders[d] = build_dataloader(dataset, ds, 'val')[0]
     return loaders
 
 
@@ -178,8 +182,8 @@ def pretrain_prior(args, seed, out_dir):
 
 
 def settings(args):
-    return {k: getattr(args, k) for k in ('iters', 'pretrain_iters', 'crop', 'batch', 'pretrain_batch', 'lr',
-                                          'pretrain_lr')}
+    keys = ('iters', 'pretrain_iters', 'crop', 'batch', 'pretrain_batch', 'lr', 'pretrain_lr', 'val_images')
+    return {k: getattr(args, k) for k in keys if k != 'val_images' or args.val_images}
 
 
 def write_json(path, obj):
@@ -289,6 +293,7 @@ def main(argv=None):
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--pretrain-lr', type=float, default=1e-3)
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--val-images', type=int, default=None, help='score only the first N validation images per set')
     p.add_argument('--data-root', default='datasets/demo')
     p.add_argument('--out', default=None, help='default: results/constyle_effect(_quick)')
     p.add_argument('--fresh', action='store_true', help='ignore finished runs of an earlier call')
@@ -303,7 +308,7 @@ def main(argv=None):
 
     from irtoolkit.data.demo import build_demo
     build_demo(args.data_root, degradations=list(DEGS), log=lambda *a: None)
-    val = val_loaders(args.data_root)
+    val = val_loaders(args.data_root, args.val_images)
     inputs = input_metrics(val)
     records, pre = [], []
     for seed in args.seeds:
