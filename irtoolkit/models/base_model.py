@@ -202,6 +202,18 @@ class BaseModel(ImageValidation):
             for p, flag in saved:
                 p.requires_grad_(flag)
 
+    def step(self, optimizers, nets, losses, log):
+        """One optimisation step: inside :meth:`training_step` (only ``nets`` learn), ``losses()`` returns the named
+        terms (an OrderedDict of scalars), their sum is back-propagated and ``optimizers`` step; each term is logged
+        as ``l_<name>``. Tests call ``losses()`` the same way to see which networks each term reaches."""
+        names = [optimizers] if isinstance(optimizers, str) else list(optimizers)
+        with self.training_step(*nets):
+            self.zero_grad(*names)
+            terms = losses()
+            self.backward_step(sum(terms.values()), names)
+        log.update((f'l_{k}', v.detach()) for k, v in terms.items())
+        return terms
+
     def inference_net(self, name='net_g'):
         """The network to use for validation/testing: the EMA copy if there is one, else the bare net."""
         return self.ema_networks.get(name) or bare(self.networks[name])
