@@ -44,8 +44,12 @@ def grad_table(model, steps, groups=None):
     return table
 
 
-def build(opt, tmp):
+def build(opt, tmp, data_root):
+    """The model of ``opt`` (its data replaced by the tiny set: models do not read it)."""
     torch.manual_seed(0)
+    opt['datasets'] = {'train': {'name': 'tiny', 'type': 'PairedRestorationDataset', 'io_backend': {'type': 'disk'},
+                                 'dataroot_lq': osp.join(data_root, 'train/lq'),
+                                 'dataroot_gt': osp.join(data_root, 'train/gt')}}
     opt = parse_options(write_options(opt, tmp / 'opt.yml'), True)
     opt.update(rank=0, world_size=1, dist=False)
     return build_model(opt)
@@ -64,7 +68,7 @@ exemplar_pos  x     -       -     -       x     -       -      -        -     -
 """
 
 
-def cddgan_model(tmp):
+def cddgan_model(tmp, data_root):
     opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
     opt['network_g'].update(ngf=4, num_blocks=2)
     opt['network_d'].update(num_feat=8, num_layers=2)
@@ -72,13 +76,13 @@ def cddgan_model(tmp):
     opt['contrastive'].update(num_patches=16, head={'out_dim': 16, 'hidden_dim': 16},
                               clear_exemplar=['identity', 'positive'])
     opt['train']['identity_opt'] = {'type': 'L1Loss', 'loss_weight': 0.5}
-    model = build(opt, tmp)
+    model = build(opt, tmp, data_root)
     model.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
     return model
 
 
-def test_cddgan_gradient_flow(tmp_path):
-    model = cddgan_model(tmp_path)
+def test_cddgan_gradient_flow(tmp_path, tiny_data):
+    model = cddgan_model(tmp_path, tiny_data)
     model.optimize_parameters(1)  # fills the queues: the N and G steps below also see queued negatives
     model.forward_generators()
     table = grad_table(model, [(('net_d', 'net_d_b'), model.d_losses), (model.n_nets, model.n_losses),
@@ -99,7 +103,7 @@ fidelity   x     -     -     -         -        -
 """
 
 
-def test_nlcl_gradient_flow(tmp_path):
+def test_nlcl_gradient_flow(tmp_path, tiny_data):
     opt = load_recipe(osp.join(REPO, 'options/train/NLCL/demo_NLCL_rain.yml'))
     opt['network_g'].update(width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
     opt['network_r'].update(nf=8, num_blocks=2)
@@ -107,7 +111,7 @@ def test_nlcl_gradient_flow(tmp_path):
     opt['nlcl'].update(location_encoder={'type': 'self', 'layers': ['intro', 'encoders.0', 'encoders.1']},
                        layer_encoder={'type': 'disc', 'layers': ['input', 'body.0.0', 'body.1.0']}, num_patches=16,
                        num_rain=12, head={'out_dim': 16, 'hidden_dim': 16}, identity_init=[], d_warmup_iter=0)
-    model = build(opt, tmp_path)
+    model = build(opt, tmp_path, tiny_data)
     model.feed_data({'lq': torch.rand(2, 3, 40, 40), 'gt': torch.rand(2, 3, 40, 40)})
     model.forward()
     table = grad_table(model, [(('net_d', ), model.d_losses), (model.g_nets, model.g_losses)])
@@ -150,17 +154,17 @@ def teachers(tmp_path):
     return paths
 
 
-def stage1_model(tmp, teachers, **uni):
+def stage1_model(tmp, data_root, teachers, **uni):
     opt = load_recipe(osp.join(REPO, 'options/train/UniRemoval/demo_UniRemoval_stage1.yml'))
     opt['network_g'] = NET
     opt['uniremoval'].update(teachers=[{'label': lab, 'network': NET, 'checkpoint': teachers[lab]} for lab in LABELS],
                              student_layers=['encoders.0', 'encoders.1', 'middle_blks'], teacher_layers=None,
                              proj_channels=8, num_patches=16, **uni)
-    return build(opt, tmp)
+    return build(opt, tmp, data_root)
 
 
-def test_uniremoval_stage1_gradient_flow(tmp_path, teachers):
-    model = stage1_model(tmp_path, teachers)
+def test_uniremoval_stage1_gradient_flow(tmp_path, tiny_data, teachers):
+    model = stage1_model(tmp_path, tiny_data, teachers)
     model.feed_data({'lq': torch.rand(3, 3, 32, 32), 'gt': torch.rand(3, 3, 32, 32),
                      'deg_type': ['haze', 'haze', 'rain']})
     model.forward()
@@ -175,18 +179,16 @@ def test_uniremoval_stage1_gradient_flow(tmp_path, teachers):
     assert table == parse_table(STAGE1_TABLE)
 
 
-def test_uniremoval_stage2_gradient_flow(tmp_path):
+def test_uniremoval_stage2_gradient_flow(tmp_path, tiny_data):
     opt = load_recipe(osp.join(REPO, 'options/train/UniRemoval/demo_UniRemoval_stage2.yml'))
     opt['network_g'] = NET
     opt['network_d'].update(num_feat=8, num_layers=2)
     opt['uniremoval'].update(cluster_dim=16, queue_size=8)
     opt['path']['pretrain_network_g'] = None
     opt['train']['consistency_opt'] = {'type': 'L1Loss', 'loss_weight': 1.0}
-    model = build(opt, tmp_path)
-    for p in model.net_g.parameters():  # away from the frozen stage-1 copy: L1's gradient at 0 is 0
-        p.data.add_(0.01 * torch.randn_like(p))
+    model = build(opt, tmp_path, tiny_data)
     model.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
+    model.optimize_parameters(1)  # moves the student off its frozen copy (L1's gradient at 0 is 0), fills the queues
     model.forward()
-    model.push_keys()  # queued keys in the cluster term too
     table = grad_table(model, [(('net_d', ), model.d_losses), (('net_g', 'net_cluster'), model.g_losses)])
     assert table == parse_table(STAGE2_TABLE)
