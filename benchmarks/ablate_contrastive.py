@@ -51,7 +51,7 @@ VAL = {'cddgan': ['haze'], 'nlcl': ['rain'], 'uniremoval': ['haze', 'rain', 'blu
 # --quick: iterations (and what depends on them) that keep the 18 runs to about half an hour on two CPU cores
 QUICK = {'cddgan': {'train.total_iter': 300, 'datasets.train.batch_size_per_gpu': 1},
          'nlcl': {'train.total_iter': 450, 'nlcl.d_warmup_iter': 150},
-         'uniremoval': {'train.total_iter': 200}}
+         'uniremoval': {'train.total_iter': 150}}
 TEACHER_ITERS_QUICK = 200
 
 
@@ -92,7 +92,7 @@ def run_options(method, variant, seed, overrides, teachers=None):
 def teacher_options(deg, iters):
     from irtoolkit.utils.recipe import load_recipe
     opt = load_recipe(osp.join(ROOT, f'options/train/UniRemoval/demo_UniRemoval_teacher_{deg}.yml'))
-    opt['name'] = f'abl_uniremoval_teacher_{deg}'
+    opt['name'] = f'abl_uniremoval_teacher_{deg}_{iters}'
     opt['train']['total_iter'] = iters
     opt['train']['scheduler']['periods'] = [iters]
     opt['datasets'] = {'train': opt['datasets']['train']}
