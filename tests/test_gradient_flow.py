@@ -192,3 +192,15 @@ def test_uniremoval_stage2_gradient_flow(tmp_path, tiny_data):
     model.forward()
     table = grad_table(model, [(('net_d', ), model.d_losses), (('net_g', 'net_cluster'), model.g_losses)])
     assert table == parse_table(STAGE2_TABLE)
+
+
+def test_training_step_freezes_the_others_and_restores(tmp_path, tiny_data):
+    model = cddgan_model(tmp_path, tiny_data)
+    flags = {n: [p.requires_grad for p in net.parameters()] for n, net in model.networks.items()}
+    with model.training_step('net_n', 'net_n_b'):
+        learning = {n for n, net in model.networks.items() if any(p.requires_grad for p in net.parameters())}
+        assert learning == {'net_n', 'net_n_b'}  # frozen networks (net_fm*) stay frozen
+    assert flags == {n: [p.requires_grad for p in net.parameters()] for n, net in model.networks.items()}
+    with pytest.raises(KeyError, match="'net_fm'"):  # a frozen network cannot learn in a step
+        with model.training_step('net_fm'):
+            pass
