@@ -19,11 +19,12 @@ of its last 10 % of iterations) against its chance level (the InfoNCE value when
 has one, its minimum. Every run is ``irtoolkit/train.py`` on a generated recipe, in its own process with one thread.
 
     python tools/make_demo_data.py                              # the demo data, once
-    python benchmarks/ablate_contrastive.py --quick --jobs 2    # every method, 3 seeds, reduced iterations
+    python benchmarks/ablate_contrastive.py --quick --jobs 2 --md benchmarks/ablation_results/ablation_quick.md
+                                                                # every method, 3 seeds, reduced iterations
     python benchmarks/ablate_contrastive.py --method nlcl --seeds 0 1 2 3 4     # the demo recipe's iterations
 
-Results: ``benchmarks/results/ablation_<method>[_quick].json`` (every run: metrics per image set, term statistics,
-wall time, the exact options) and markdown tables on stdout (``--md FILE`` also writes them).
+Results: ``benchmarks/ablation_results/ablation_<method>[_quick].json`` (every run: metrics per image set, term
+statistics, wall time, the exact options) and markdown tables on stdout (``--md FILE`` also writes them).
 """
 import argparse
 import concurrent.futures
@@ -259,7 +260,7 @@ def main(argv=None):
         sys.exit('datasets/demo: missing; build it first: python tools/make_demo_data.py')
     workdir = osp.join(ROOT, 'experiments', 'ablation_recipes')
     os.makedirs(workdir, exist_ok=True)
-    os.makedirs(osp.join(ROOT, 'benchmarks', 'results'), exist_ok=True)
+    os.makedirs(osp.join(ROOT, 'benchmarks', 'ablation_results'), exist_ok=True)
     tables = []
     for method in args.method:
         overrides = dict(QUICK[method]) if args.quick else {}
@@ -275,7 +276,8 @@ def main(argv=None):
                        for s in args.seeds for v in ('full', 'without')]
             runs = [f.result() for f in futures]
         wall = time.time() - start
-        out = osp.join(ROOT, 'benchmarks', 'results', f'ablation_{method}{"_quick" if args.quick else ""}.json')
+        name = f'ablation_{method}{"_quick" if args.quick else ""}.json'
+        out = osp.join(ROOT, 'benchmarks', 'ablation_results', name)
         with open(out, 'w') as f:
             json.dump({'argv': sys.argv[1:] if argv is None else argv, 'wall_s': wall, 'runs': runs}, f, indent=1)
         tables.append(summarise(method, runs) + f'\n\n{len(runs)} runs in {wall / 60:.1f} min wall ({out})')
