@@ -14,10 +14,9 @@ import math
 import os.path as osp
 import sys
 
-if __package__ in (None, ''):  # run as a script: import the package, not the files beside this one
-    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
+    sys.path.insert(0, REPO)  # (never replace sys.path[0]: under pytest it is tests/, which tests import from)
 SNAPSHOT = osp.join('tests', 'data', 'resolved_recipes.json')
 BASE_DIR = '_base_'
 

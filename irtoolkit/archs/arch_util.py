@@ -1,5 +1,6 @@
-"""Small pieces shared by archs: padding to a multiple and back."""
+"""Small pieces shared by archs: padding to a multiple and back, pix2pix-style weight initialisation."""
 import torch.nn.functional as F
+from torch import nn
 
 
 def pad_to_multiple(x, multiple, mode='constant'):
@@ -34,3 +35,22 @@ def unet_forward(net, inp):
     for decoder, up, skip in zip(net.decoders, net.ups, reversed(skips)):
         x = decoder(up(x) + skip)
     return crop_to(net.ending(x) + inp_p, size)
+
+
+def init_weights(net, init_type='default', gain=0.02):
+    """pix2pix / CUT's weight initialisation of every Conv / Linear layer (biases zeroed): ``normal`` N(0, gain),
+    ``xavier`` (xavier_normal, gain), ``kaiming`` (fan_in), ``orthogonal`` (gain); ``default`` keeps PyTorch's.
+    CUT's generator and discriminator, NLCL's discriminator and heads: ``xavier``, gain 0.02."""
+    if init_type == 'default':
+        return net
+    inits = {'normal': lambda w: nn.init.normal_(w, 0.0, gain), 'xavier': lambda w: nn.init.xavier_normal_(w, gain),
+             'kaiming': lambda w: nn.init.kaiming_normal_(w, a=0, mode='fan_in'),
+             'orthogonal': lambda w: nn.init.orthogonal_(w, gain)}
+    if init_type not in inits:
+        raise ValueError(f'init_type must be default, {", ".join(inits)}; got {init_type!r}')
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            inits[init_type](m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irtoolkit.archs.arch_util import init_weights
 from irtoolkit.utils.registry import ARCH_REGISTRY
 
 
@@ -48,9 +49,16 @@ class PatchGANDiscriminator(nn.Module):
         num_layers: number of down-sampling stages (3: the 70x70 PatchGAN).
         norm: ``instance`` (CUT/NLCL), ``batch`` (pix2pix) or ``none``.
         antialias: blur-pool down-sampling (CUT) instead of stride-2 convolutions.
+        init_type / init_gain: weight initialisation (:func:`~irtoolkit.archs.arch_util.init_weights`); CUT and NLCL
+            use ``xavier`` with gain 0.02, ``default`` keeps PyTorch's.
+
+    Feature taps: ``body.i`` is stage i's output (after LeakyReLU and blur-pool), ``body.i.0`` its convolution's
+    raw output — CUT's flat ``NLayerDiscriminator`` indices 0, 3, 7 (NLCL's ``adv_nce_layers``) are ``body.0.0``,
+    ``body.1.0``, ``body.2.0`` (255 / 127 / 63 px on a 256 px crop with ``antialias``).
     """
 
-    def __init__(self, in_channels=3, num_feat=64, num_layers=3, norm='instance', antialias=True):
+    def __init__(self, in_channels=3, num_feat=64, num_layers=3, norm='instance', antialias=True, init_type='default',
+                 init_gain=0.02):
         super().__init__()
         use_bias = norm != 'batch'
         stages = []
@@ -70,6 +78,7 @@ class PatchGANDiscriminator(nn.Module):
         self.body = nn.Sequential(*stages)
         self.head = nn.Conv2d(prev, 1, 4, 1, 1)
         self.feat_channels = [s[0].out_channels for s in stages]
+        init_weights(self, init_type, init_gain)
 
     def forward(self, x, return_feats=False):
         """Logits; with ``return_feats`` also the list of every stage's output (``body.0`` ... ``body.n``)."""

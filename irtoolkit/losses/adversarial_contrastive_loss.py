@@ -10,8 +10,10 @@ the same location) and K generated negatives n_1..n_K (from the negative generat
   the negatives detached by default (``detach_negatives=True``; NEGCUT does not detach them, so gradients leak
   through N and the momentum head into the encoder — notes §1.2);
 * negative-generator side (``role='negative'``): N *maximises* the same InfoNCE and the diversity of its
-  negatives, i.e. minimises ``w * (-L_con(q.detach(), k.detach(), n) - lambda_div * D(n))`` with
-  ``D(n) = mean |n_{1..K/2} - n_{K/2+1..K}|`` (NEGCUT's mode-seeking term, lambda_div = 1).
+  negatives, i.e. minimises ``-w * L_con(q.detach(), k.detach(), n) - lambda_div * D(n_fresh)`` with
+  ``D(n) = mean |n_{1..K/2} - n_{K/2+1..K}|`` (NEGCUT's mode-seeking term, lambda_div = 1). As in NEGCUT,
+  ``loss_weight`` (lambda_NCE) scales the InfoNCE only, not lambda_div, and D is taken over the K negatives generated
+  in this call (``fresh``), never over queued ones (a queue would mix old and new negatives in the two halves).
 
 ``neg_mode='both'`` adds the in-image patch negatives (CUT) to the generated ones; ``'external'`` (NEGCUT,
 default) uses the generated negatives only. Shapes: lists over layers of q, k (B, P, D) and n (B, K, D).
@@ -33,7 +35,8 @@ def _diversity(neg):
 class AdversarialContrastiveLoss(nn.Module):
     """Args:
         temperature: tau (0.07).
-        lambda_div: weight of the diversity term in the negative generator's objective (NEGCUT: 1).
+        lambda_div: weight of the diversity term in the negative generator's objective (NEGCUT: 1; not scaled by
+            ``loss_weight``).
         neg_mode: ``external`` (generated negatives only, NEGCUT) or ``both`` (plus in-image patches).
         neg_scope: ``image`` (each image's own negatives) or ``batch``.
         detach_negatives: detach n in the generator step (recommended; NEGCUT leaks gradients).
@@ -58,13 +61,16 @@ class AdversarialContrastiveLoss(nn.Module):
     def diversity(self, negatives):
         return sum(_diversity(n) for n in negatives) / len(negatives)
 
-    def forward(self, q, k, negatives, role='generator'):
-        """Returns the scalar to *minimise* for ``role`` (``generator`` or ``negative``)."""
+    def forward(self, q, k, negatives, role='generator', fresh=None):
+        """Returns the scalar to *minimise* for ``role`` (``generator`` or ``negative``). ``negatives``: what the
+        queries are contrasted with (generated, possibly extended by a queue); ``fresh``: the negatives generated in
+        this call, for the diversity term (default: ``negatives``)."""
         if role == 'generator':
             negs = [n.detach() for n in negatives] if self.detach_negatives else negatives
             return self.loss_weight * self.nce(q, k, negs)
         if role == 'negative':
             q = [x.detach() for x in q]
             k = [x.detach() for x in k]
-            return self.loss_weight * (-self.nce(q, k, negatives) - self.lambda_div * self.diversity(negatives))
+            fresh = negatives if fresh is None else fresh
+            return -self.loss_weight * self.nce(q, k, negatives) - self.lambda_div * self.diversity(fresh)
         raise ValueError(f'AdversarialContrastiveLoss: role must be generator or negative, got {role!r}')

@@ -5,7 +5,7 @@ image space, stage 1) and a cluster-grained extension (stage 2). The forms below
 (§4.2 [I], modelled on TKL&MR, CVPR 2022); each alternative is an option.
 
 **MultiGrainedContrastiveLoss** (stage 1, "instance-grained"), anchor a = student, positive p = teacher
-(or ground truth), negatives n = the degraded input's encodings::
+(or ground truth), negatives n = the degraded input's encodings (or, in feature space, the other teachers')::
 
     feature grain, 'infonce' (default): mean_l PatchNCE(q = P_s(f_s^l), k+ = P_t(f_t^l), N = {n^l} (+ other patches))
     feature grain, 'ratio':             mean_l |a^l - p^l|_1 / (|a^l - n^l|_1 + eps)
@@ -13,6 +13,12 @@ image space, stage 1) and a cluster-grained extension (stage 2). The forms below
     image grain,   'infonce':           InfoNCE of pooled, normalised phi_l(a) vs phi_l(p) against phi_l(n_m)
 
     L = loss_weight * (feature_weight * L_feat + image_weight * L_img)
+
+Gradients, feature grain: the positive is *not* detached — with learnable projectors on both sides (student and
+teacher projectors into a common space, TKL&MR) the positive term pulls the teacher's projection towards the
+student's as well as the student's towards the teacher's, so the projectors learn a shared space; every negative
+(the other patches, the other teachers' projections) is a constant, so no projector is ever pushed away. Detach the
+positive before the call for a fixed target. Image grain: positives and negatives are constants (targets).
 
 The image ratio is AECR-Net's / TKL&MR's contrastive regulariser (weights 1/32, 1/16, 1/8, 1/4, 1 on VGG19
 relu1_1..relu5_1); phi is any encoder from :mod:`irtoolkit.contrastive.encoders`.
@@ -70,11 +76,11 @@ class MultiGrainedContrastiveLoss(nn.Module):
         for ai, pi, ni in zip(a, p, n):
             if self.feature_mode == 'infonce':
                 mode = 'internal' if ni is None else ('both' if self.internal_negatives else 'external')
-                vals.append(patch_nce(ai, pi, ni, self.temperature, mode, 'image').mean())
+                vals.append(patch_nce(ai, pi, ni, self.temperature, mode, 'image', detach_keys=False,
+                                      detach_negatives=True).mean())
             elif ni is None:
                 raise ValueError('MultiGrainedContrastiveLoss: the ratio feature grain needs negatives')
             else:
-                pi = pi.detach()
                 vals.append((ai - pi).abs().mean() / ((ai - ni.detach()).abs().mean() + self.eps))
         return sum(vals) / len(vals)
 

@@ -26,8 +26,11 @@ from irtoolkit.utils.registry import LOSS_REGISTRY
 __all__ = ['PatchNCELoss', 'patch_nce']
 
 
-def patch_nce(q, k, negatives=None, temperature=0.07, neg_mode='internal', neg_scope='image', detach_keys=True):
-    """Per-patch PatchNCE values (B, P) (see the module docstring)."""
+def patch_nce(q, k, negatives=None, temperature=0.07, neg_mode='internal', neg_scope='image', detach_keys=True,
+              detach_negatives=False):
+    """Per-patch PatchNCE values (B, P) (see the module docstring). ``detach_negatives``: the negatives (the other
+    keys and the external ones) are constants even when the positive keys carry gradient (``detach_keys=False``): a
+    trainable key encoder is then pulled to the query at the same location and never pushed by the negatives."""
     if q.shape != k.shape or q.dim() != 3:
         raise ValueError(f'PatchNCE: q and k must both be (B, P, D); got {tuple(q.shape)} and {tuple(k.shape)}')
     if neg_mode not in ('internal', 'external', 'both') or neg_scope not in ('image', 'batch'):
@@ -37,15 +40,18 @@ def patch_nce(q, k, negatives=None, temperature=0.07, neg_mode='internal', neg_s
         raise ValueError(f'PatchNCE: neg_mode={neg_mode!r} needs external negatives (B, K, D)')
     if detach_keys:
         k = k.detach()
+    k_neg = k.detach() if detach_negatives else k
+    if negatives is not None and detach_negatives:
+        negatives = negatives.detach()
     b, p, d = q.shape
     pos = (q * k).sum(-1, keepdim=True)  # (B, P, 1)
     parts = [pos]
     if neg_mode in ('internal', 'both'):
         if neg_scope == 'image':
-            sim = torch.bmm(q, k.transpose(1, 2))  # (B, P, P)
+            sim = torch.bmm(q, k_neg.transpose(1, 2))  # (B, P, P)
             eye = torch.eye(p, dtype=torch.bool, device=q.device)[None]
         else:
-            sim = (q.reshape(b * p, d) @ k.reshape(b * p, d).t()).reshape(b, p, b * p)
+            sim = (q.reshape(b * p, d) @ k_neg.reshape(b * p, d).t()).reshape(b, p, b * p)
             eye = torch.eye(b * p, dtype=torch.bool, device=q.device).reshape(b, p, b * p)
         parts.append(sim.masked_fill(eye, float('-inf')))  # the positive is not its own negative
     if neg_mode in ('external', 'both'):

@@ -66,6 +66,7 @@ class BaseModel(ImageValidation):
         self._unsaved = set()
         self.guard, self._skipped = NonFiniteGuard((opt.get('train') or {}).get('nonfinite')), set()
         self.micro = (0, 1)  # (micro-batch, micro-batches per iteration): see micro_batch
+        self._trainable = OrderedDict()  # name -> parameters that learn, of the networks registered trainable
         self._setup_precision((opt.get('train') or {}) if self.is_train else {})
         self.setup_networks()
         if self.is_train:
@@ -142,6 +143,8 @@ class BaseModel(ImageValidation):
         net = net.to(self.device)
         if not trainable:
             net.requires_grad_(False).eval()
+        else:
+            self._trainable[name] = [p for p in net.parameters() if p.requires_grad]
         net = self.wrap(net)
         self.networks[name] = net
         if not save:
@@ -205,6 +208,37 @@ class BaseModel(ImageValidation):
             src_buffers = dict(src.named_buffers())
             for k, b in ema.named_buffers():
                 b.copy_(src_buffers[k])
+
+    @contextlib.contextmanager
+    def training_step(self, *names):
+        """Inside, only the trainable networks ``names`` learn: their parameters require grad, every other trainable
+        network's do not (frozen networks stay frozen); the previous flags are restored on exit. A model's
+        optimisation step reads ``with self.training_step('net_d'): ...``."""
+        unknown = [n for n in names if n not in self._trainable]
+        if unknown:
+            raise KeyError(f'training_step: {unknown} are not trainable networks of {type(self).__name__} '
+                           f'(trainable: {list(self._trainable)})')
+        saved = [(p, p.requires_grad) for params in self._trainable.values() for p in params]
+        for n, params in self._trainable.items():
+            for p in params:
+                p.requires_grad_(n in names)
+        try:
+            yield
+        finally:
+            for p, flag in saved:
+                p.requires_grad_(flag)
+
+    def step(self, optimizers, nets, losses, log):
+        """One optimisation step: inside :meth:`training_step` (only ``nets`` learn), ``losses()`` returns the named
+        terms (an OrderedDict of scalars), their sum is back-propagated and ``optimizers`` step; each term is logged
+        as ``l_<name>``. Tests call ``losses()`` the same way to see which networks each term reaches."""
+        names = [optimizers] if isinstance(optimizers, str) else list(optimizers)
+        with self.training_step(*nets):
+            self.zero_grad(*names)
+            terms = losses()
+            self.backward_step(sum(terms.values()), names, terms={f'l_{k}': v for k, v in terms.items()})
+        log.update((f'l_{k}', v.detach()) for k, v in terms.items())
+        return terms
 
     def inference_net(self, name='net_g'):
         """The network to use for validation/testing: the EMA copy if there is one, else the bare net."""

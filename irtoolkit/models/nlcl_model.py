@@ -11,13 +11,25 @@ images, and doubles as the layer-contrast encoder), heads ``net_h_loc`` (locatio
 Generator loss (NLCL's code defaults)::
 
     L_G = l_gan(D(B)) + NonLocalContrastiveLoss(location on G_B features with identity, layer on D features)
-          + ||B + R - O||^2 + 0.1 ||B - O||_1
+          + lambda_MSE ||B + R - O||^2 + lambda_L1 ||B - O||_1
+
+**Value range.** NLCL's images are in [-1, 1], irtoolkit's in [0, 1]. With O' = 2 O - 1, B' = 2 B - 1 and
+R' = O' - B' = 2 R, the official terms are MSE(B' + R', O') = 4 MSE(B + R, O) and L1(B', O') = 2 L1(B, O); the GAN and
+the contrastive terms (unit-norm embeddings, a critic that learns its own scale) do not change with the range. So
+the official lambda_MSE = 1 and lambda_L1 = 0.1 are ``recon_opt.loss_weight: 4`` and ``fidelity_opt.loss_weight:
+0.2`` here (``options/_base_/models/nlcl.yml``): the same balance against the GAN and NCE terms.
+
+The layer contrast taps D where NLCL does: its ``adv_nce_layers 0,3,7`` are the raw outputs of the first three
+convolutions of CUT's flat discriminator, ``body.0.0``, ``body.1.0``, ``body.2.0`` here (255 / 127 / 63 px on a
+256 crop), after the RGB input that NLCL's discriminator prepends (``input``). D is initialised as NLCL's
+(``init_type: xavier``, gain 0.02) and the lr is held, then decayed linearly (NLCL: 200 + 10 epochs).
 
 Differences from the official release, on purpose (its bugs, notes §3.4): every projection head is trained,
 by **one** optimiser ``optim_heads`` over all heads (the release never steps the location head and builds the
 background head's optimiser on the rain head); any batch size and crop size (vectorised sampler, normalised
 coordinates); no hard-coded resume path; every term is logged (the release never prints the NCE term).
-Per iteration: D step, then G step (generators + heads; D frozen while used as encoder).
+Per iteration: D step, then G step (generators + heads; D frozen while used as encoder). Without ``train.nlcl_opt``
+the model has no heads and no contrastive terms: the ablation "NLCL without the non-local contrastive terms".
 
 Options beyond the release (defaults = its behaviour): ``identity_init`` (zero G_B's last layer so B = O at step 0),
 ``rain_activation: relu`` (R >= 0: rain only adds light), ``d_warmup_iter`` (D-only steps first, so that the
@@ -33,7 +45,7 @@ import torch
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads
 from irtoolkit.contrastive.samplers import build_sampler
-from irtoolkit.contrastive.training import discriminator_loss, embed_patches, set_requires_grad
+from irtoolkit.contrastive.training import discriminator_loss, embed_patches
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.dist import bare
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
@@ -77,6 +89,9 @@ class NLCLModel(BaseModel):
         self._identity_init(nopt['identity_init'] or [], where)
         self.net_r = self.build_net('network_r', 'net_r') if nopt['rain_mode'] == 'network' else None
         self.net_d = self.build_net('network_d', 'net_d')
+        self.use_contrast = (self.opt['train'] or {}).get('nlcl_opt') is not None
+        if not self.use_contrast:
+            return
         try:
             self.loc_sampler = build_sampler(nopt['location_sampler'], 'nonlocal')
             self.layer_sampler = build_sampler(nopt['layer_sampler'], 'nonlocal')
@@ -97,15 +112,21 @@ class NLCLModel(BaseModel):
                                               for name, h in zip(('net_h_loc', 'net_h_bg', 'net_h_rain'), heads))
 
     def setup_losses(self):
-        return self.build_losses(required=('gan', 'nlcl'), optional=('recon', 'fidelity'))
+        return self.build_losses(required=('gan', ), optional=('nlcl', 'recon', 'fidelity'))
 
     def setup_optimizers(self):
         g_params = list(self.net_g.parameters()) + (list(self.net_r.parameters()) if self.net_r is not None else [])
         self.add_optimizer('g', g_params, 'optim_g')
         self.add_optimizer('d', self.net_d.parameters(), 'optim_d')
-        # one optimiser over *all* heads: the release's second bug was a head optimiser built on the wrong net
-        self.add_optimizer('heads', [p for h in (self.h_loc, self.h_bg, self.h_rain) for p in h.parameters()],
-                           'optim_heads')
+        if self.use_contrast:  # one optimiser over *all* heads: the release built one on the wrong net
+            self.add_optimizer('heads', [p for h in (self.h_loc, self.h_bg, self.h_rain) for p in h.parameters()],
+                               'optim_heads')
+
+    @property
+    def g_nets(self):
+        """What learns in the G step: G_B, G_R and the heads."""
+        return ('net_g', ) + (('net_r', ) if self.net_r is not None else ()) + \
+            (('net_h_loc', 'net_h_bg', 'net_h_rain') if self.use_contrast else ())
 
     def _identity_init(self, names, where):
         """Zero the weights and biases of ``names`` (modules of G_B, e.g. NAFNet's ``ending``): with a global skip
@@ -146,44 +167,41 @@ class NLCLModel(BaseModel):
     def optimize_parameters(self, current_iter):
         log = OrderedDict()
         warmup = current_iter <= self.opt['nlcl']['d_warmup_iter']
-        with self.autocast(), torch.set_grad_enabled(not warmup):
-            self.output = self.net_g(self.lq).float()
-        self.step_d(log, self.output)
+        self.forward(with_grad=not warmup)
+        self.step('d', ('net_d', ), self.d_losses, log)
         if not warmup:
-            self.step_g(log, self.output)
+            self.step(('g', 'heads') if self.use_contrast else 'g', self.g_nets, self.g_losses, log)
             self.update_ema()
         self.reduce_loss_dict(log)
 
-    def step_d(self, log, b):
-        """D: clean images real, predicted backgrounds fake; then frozen (a fixed critic and contrastive encoder)."""
-        set_requires_grad(self.net_d, True)
-        self.zero_grad('d')
-        l_d = discriminator_loss(self.losses['gan'], self.net_d, self.gt, b)
-        self.backward_step(l_d, 'd')
-        log['l_d'] = l_d.detach()
-        set_requires_grad(self.net_d, False)
+    def forward(self, with_grad=True):
+        """B = G_B(O) (with gradient unless D is warming up alone)."""
+        with self.autocast(), torch.set_grad_enabled(with_grad):
+            self.output = self.net_g(self.lq).float()
 
-    def step_g(self, log, b):
-        """G_B, G_R and the heads: GAN + non-local contrast (location, layer) + recon + fidelity."""
-        o = self.lq
+    def d_losses(self):
+        """D: clean images real, predicted backgrounds (detached) fake."""
+        return OrderedDict(d=discriminator_loss(self.losses['gan'], self.net_d, self.gt, self.output))
+
+    def g_losses(self):
+        """G_B, G_R and the heads, D fixed (critic and contrastive encoder): GAN + non-local contrast (location,
+        layer) + reconstruction + fidelity."""
+        o, b = self.lq, self.output
         r = self._rain(o, b)
-        self.zero_grad('g', 'heads')
         # the frozen critic through its bare module: a DDP forward whose parameters get no gradient would leave DDP
         # waiting for that reduction
-        l_gan = self.losses['gan'](bare(self.net_d)(b), True, is_disc=False)
-        l_con, terms = self._contrast(o, b, r)
-        total = l_gan + l_con
-        log.update(l_g_gan=l_gan.detach(), l_location=terms['location'].detach(), l_layer=terms['layer'].detach())
+        terms = OrderedDict(g_gan=self.losses['gan'](bare(self.net_d)(b), True, is_disc=False))
+        if self.use_contrast:
+            loss = self.losses['nlcl']
+            _, raw = self._contrast(o, b, r)
+            scale = loss.loss_weight
+            terms['location'] = scale * loss.lambda_location * raw['location']
+            terms['layer'] = scale * loss.lambda_layer * raw['layer']
         if 'recon' in self.losses:
-            l_rec = self.losses['recon'](b + r, o)
-            total = total + l_rec
-            log['l_recon'] = l_rec.detach()
+            terms['recon'] = self.losses['recon'](b + r, o)
         if 'fidelity' in self.losses:
-            l_fid = self.losses['fidelity'](b, o)
-            total = total + l_fid
-            log['l_fidelity'] = l_fid.detach()
-        self.backward_step(total, ['g', 'heads'])
-        log['l_g_total'] = total.detach()
+            terms['fidelity'] = self.losses['fidelity'](b, o)
+        return terms
 
     def _contrast(self, o, b, r):
         """NonLocalContrastiveLoss of location pairs (O vs B, and y vs G_B(y) with ``idt``) and layer patches."""

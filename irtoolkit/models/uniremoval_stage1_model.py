@@ -11,12 +11,16 @@ arch, loaded from checkpoints; eval mode, no gradients) teach the student ``net_
 
 Feature grain: student features at ``student_layers`` and the sample's teacher's features at ``teacher_layers``
 are projected into a common space by 1x1-conv projectors (``net_proj``: one per student layer and one per
-teacher and layer, sized at construction) and compared at the same random patches; the other teachers'
-projected features are extra negatives (``feature_negatives: other_teachers``) — TKL&MR's inverse projectors
-keep the teacher projections informative. Image grain: ``image_encoder`` maps the output (anchor), the target
-(``image_positive``: gt or teacher output) and the degraded inputs (negatives; every input of the batch with
-``batch_negatives``, as TKL&MR's HCR) to features — ``type: teacher`` uses the sample's own frozen teacher
-(offline, no VGG needed), or ``vgg`` / ``timm`` / ``self``.
+teacher and layer, sized at construction) and compared at the same random patches. As in TKL&MR, the projectors
+learn a *shared* space: the positive term pulls the student's and the sample's teacher's projections towards each
+other (gradient into both projectors), TKL&MR's inverse projectors keep the teacher projections informative, and
+the negatives — the other patches and, with ``feature_negatives: other_teachers``, the other teachers' projections
+at the same patches — are constants: no teacher projector is ever pushed away.
+
+Image grain: ``image_encoder`` maps the output (anchor), the target (``image_positive``: gt or teacher output) and
+the degraded inputs (negatives) to features — ``type: teacher`` uses the sample's own frozen teacher (offline, no
+VGG needed), or ``vgg`` / ``timm`` / ``self``. Every negative is encoded by the anchor's encoder: with
+``batch_negatives`` (TKL&MR's HCR) sample b's negatives are every input of the batch seen by *its* teacher.
 """
 from collections import OrderedDict
 
@@ -76,7 +80,8 @@ class _Projectors(nn.ModuleDict):
 @MODEL_REGISTRY.register()
 class UniRemovalStage1Model(BaseModel):
     """Options: ``uniremoval`` (below; ``docs/contrastive.md``) and ``train``: ``distill_opt`` (L1), optional
-    ``pixel_opt``, ``mgcl_opt`` (``MultiGrainedContrastiveLoss``), ``optim_g`` (student + projectors)."""
+    ``pixel_opt``, ``mgcl_opt`` (``MultiGrainedContrastiveLoss``; absent: no projectors, the ablation without the
+    multi-grained loss), ``optim_g`` (student + projectors)."""
 
     OPTION_SCHEMA = {'uniremoval': STAGE1_SCHEMA}
 
@@ -103,9 +108,11 @@ class UniRemovalStage1Model(BaseModel):
             self.t_taps = [FeatureTap(t, t_layers, stop_after_last=False) for t in self.teachers]
         except ValueError as err:
             raise OptionError(f'{self.where}uniremoval.student_layers/teacher_layers: {err}') from None
-        self.proj = self.add_net('net_proj', self._projectors(uopt['proj_channels']))
-        self.sampler = RandomPatchSampler(uopt['num_patches'])
-        self._build_image_encoder(uopt['image_encoder'] or {'type': 'teacher', 'layers': t_layers}, t_layers)
+        self.use_mgcl = (self.opt['train'] or {}).get('mgcl_opt') is not None
+        if self.use_mgcl:  # without it (the ablation), no projectors and no image encoder
+            self.proj = self.add_net('net_proj', self._projectors(uopt['proj_channels']))
+            self.sampler = RandomPatchSampler(uopt['num_patches'])
+            self._build_image_encoder(uopt['image_encoder'] or {'type': 'teacher', 'layers': t_layers}, t_layers)
 
     @property
     def where(self):
@@ -135,10 +142,14 @@ class UniRemovalStage1Model(BaseModel):
                 from None
 
     def setup_losses(self):
-        return self.build_losses(required=('mgcl', ), optional=('distill', 'pixel'))
+        return self.build_losses(optional=('distill', 'pixel', 'mgcl'))
 
     def setup_optimizers(self):
-        self.add_optimizer('g', list(self.net_g.parameters()) + list(self.proj.parameters()), 'optim_g')
+        self.add_optimizer('g', [p for n in self.g_nets for p in self.networks[n].parameters()], 'optim_g')
+
+    @property
+    def g_nets(self):
+        return ('net_g', 'net_proj') if self.use_mgcl else ('net_g', )
 
     # ------------------------------------------------------------------ data
     def feed_data(self, data):
@@ -173,60 +184,60 @@ class UniRemovalStage1Model(BaseModel):
             raise KeyError(f'UniRemovalStage1Model: the batch has no {" or ".join(keys)} (degradation label); '
                            'use MultiDegradationDataset or set uniremoval.label_key')
         log = OrderedDict()
-        idx = self._label_index(self.label)
-        self.zero_grad('g')
-        with torch.no_grad():
-            t_feats, t_outs = [], []
-            for tap in self.t_taps:
-                t_feats.append(tap(self.lq))
-                t_outs.append(tap.output)
-            t_out = self._select(torch.stack(t_outs), idx)
-        with self.autocast():
-            s_feats = self.s_tap(self.lq)
-            self.output = self.s_tap.output.float()
-        total = self._image_losses(log, t_out)
-        total = total + self._contrastive_losses(log, idx, s_feats, t_feats, t_out)
-        log['l_total'] = total
-        self.backward_step(total, 'g')
+        self.forward()
+        terms = self.step('g', self.g_nets, self.g_losses, log)
+        log.update(self.diag, l_total=sum(terms.values()).detach())
         self.reduce_loss_dict(log)
         self.update_ema()
 
-    def _image_losses(self, log, t_out):
-        """Distillation towards the sample's teacher and, optionally, the pixel loss against gt."""
-        total = 0
-        if 'distill' in self.losses:
-            log['l_distill'] = self.losses['distill'](self.output, t_out)
-            total = total + log['l_distill']
-        if 'pixel' in self.losses:
-            log['l_pixel'] = self.losses['pixel'](self.output, self.gt)
-            total = total + log['l_pixel']
-        return total
-
-    def _contrastive_losses(self, log, idx, s_feats, t_feats, t_out):
-        """Multi-grained contrast (feature grain on projections, image grain on encoded images) and the inverse
-        projectors' reconstruction."""
-        uopt = self.opt['uniremoval']
-        s_proj, t_proj, l_rec = self.proj([f.float() for f in s_feats], t_feats)
-        anchors, positives, negatives = self._feature_grain(idx, s_proj, t_proj)
-        a_img = self._image_feats(self.output, idx)
+    def forward(self):
+        """The frozen teachers' features and outputs (the sample's teacher's output picked), and the student's."""
+        self.idx = self._label_index(self.label)
         with torch.no_grad():
-            p_img = self._image_feats(self.gt if uopt['image_positive'] == 'gt' else t_out, idx)
-            n_img = self._image_feats(self.lq, idx)
-            if uopt['batch_negatives'] and self.lq.shape[0] > 1:  # every degraded input of the batch (HCR)
-                n_img = [torch.stack([f.roll(s, 0) for s in range(self.lq.shape[0])], 1) for f in n_img]
-        l_mg, terms = self.losses['mgcl']({'feat': anchors, 'img': a_img}, {'feat': positives, 'img': p_img},
-                                          {'feat': negatives, 'img': n_img})
-        log['l_mgcl'] = l_mg
-        log.update({f'l_mgcl_{k}': v for k, v in terms.items()})
-        total = l_mg
+            self.t_feats, t_outs = [], []
+            for tap in self.t_taps:
+                self.t_feats.append(tap(self.lq))
+                t_outs.append(tap.output)
+            self.t_out = self._select(torch.stack(t_outs), self.idx)
+        with self.autocast():
+            self.s_feats = self.s_tap(self.lq)
+            self.output = self.s_tap.output.float()
+
+    def g_losses(self):
+        """Student and projectors: distillation towards the sample's teacher, pixel loss against gt, the two grains
+        of the multi-grained contrast and the inverse projectors' reconstruction."""
+        terms, self.diag = OrderedDict(), OrderedDict()
+        if 'distill' in self.losses:
+            terms['distill'] = self.losses['distill'](self.output, self.t_out)
+        if 'pixel' in self.losses:
+            terms['pixel'] = self.losses['pixel'](self.output, self.gt)
+        if self.use_mgcl:
+            terms.update(self._contrastive_terms())
+        return terms
+
+    def _contrastive_terms(self):
+        """The two grains of the multi-grained contrast (weighted; raw values logged) and the inverse projectors'
+        reconstruction."""
+        terms, uopt, loss = OrderedDict(), self.opt['uniremoval'], self.losses['mgcl']
+        s_proj, t_proj, l_rec = self.proj([f.float() for f in self.s_feats], self.t_feats)
+        anchors, positives, negatives = self._feature_grain(self.idx, s_proj, t_proj)
+        a_img = self._image_feats(self.output, self.idx)
+        with torch.no_grad():
+            p_img = self._image_feats(self.gt if uopt['image_positive'] == 'gt' else self.t_out, self.idx)
+            n_img = self._image_negatives(self.idx)
+        _, raw = loss({'feat': anchors, 'img': a_img}, {'feat': positives, 'img': p_img},
+                      {'feat': negatives, 'img': n_img})
+        for grain, value in raw.items():  # the weighted grains enter the total; raw values are logged too
+            terms[f'mgcl_{grain}'] = loss.loss_weight * getattr(loss, f'{grain}_weight') * value
+            self.diag[f'l_mgcl_{grain}_raw'] = value.detach()
         if uopt['recon_weight']:
-            log['l_proj_recon'] = uopt['recon_weight'] * l_rec / len(s_feats)
-            total = total + log['l_proj_recon']
-        return total
+            terms['proj_recon'] = uopt['recon_weight'] * l_rec / len(self.s_feats)
+        return terms
 
     def _feature_grain(self, idx, s_proj, t_proj):
-        """Per layer: student patches (anchors), the sample's teacher's patches (positives) and, with
-        ``feature_negatives: other_teachers``, every other teacher's patches (negatives), all unit-norm."""
+        """Per layer: student patches (anchors), the sample's teacher's patches (positives, with gradient: the pull
+        into the shared space) and, with ``feature_negatives: other_teachers``, every other teacher's patches
+        (negatives, constants), all unit-norm."""
         coords = self.sampler(self.lq)
         n_teach, batch = len(self.teachers), len(idx)
         anchors, positives, negatives = [], [], []
@@ -239,13 +250,26 @@ class UniRemovalStage1Model(BaseModel):
                 others = torch.ones(n_teach, batch, dtype=torch.bool, device=self.device)
                 others[idx, torch.arange(batch, device=self.device)] = False
                 # (B, (T-1)*P, D): for each sample, the patches of every other teacher
-                negatives.append(emb_t.permute(1, 0, 2, 3)[others.t()].reshape(batch, -1, emb_t.shape[-1]))
+                negatives.append(emb_t.detach().permute(1, 0, 2, 3)[others.t()].reshape(batch, -1, emb_t.shape[-1]))
             else:
                 negatives.append(None)
         return anchors, positives, negatives
 
     def _image_feats(self, img, idx):
+        """Features of ``img`` (B, 3, H, W) per layer, sample b encoded by the image encoder or its own teacher."""
         if self.img_encoder is not None:
             return self.img_encoder(img)
         per_teacher = [tap(img) for tap in self.img_taps]  # frozen teachers: gradients reach img only
         return [self._select(torch.stack([f[layer] for f in per_teacher]), idx) for layer in range(len(per_teacher[0]))]
+
+    def _image_negatives(self, idx):
+        """The degraded inputs as negatives, encoded by each anchor's own encoder: sample b's own input, or with
+        ``batch_negatives`` every input of the batch, (B, M, C, H, W) per layer — with ``type: teacher`` row b holds
+        teacher y_b's encodings of all inputs (TKL&MR's HCR, one encoder per anchor)."""
+        x, batch = self.lq, self.lq.shape[0]
+        if not self.opt['uniremoval']['batch_negatives'] or batch == 1:
+            return self._image_feats(x, idx)
+        if self.img_encoder is not None:
+            return [f.unsqueeze(0).expand(batch, *f.shape) for f in self.img_encoder(x)]
+        per_teacher = [tap(x) for tap in self.img_taps]  # [teacher][layer] (B, C, H, W)
+        return [torch.stack([f[layer] for f in per_teacher])[idx] for layer in range(len(per_teacher[0]))]

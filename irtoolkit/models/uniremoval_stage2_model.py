@@ -3,13 +3,20 @@ is :class:`~irtoolkit.models.uniremoval_stage1_model.UniRemovalStage1Model`, who
 (``path.pretrain_network_g``).
 
 Unsupervised, on unpaired real degraded ``lq`` and real clean ``gt``: a PatchGAN ``net_d`` and the
-:class:`ClusterGrainedContrastiveLoss` on pooled embeddings — anchors: S(real degraded); positive cluster: real
-clean images, batch + queue; negatives: real degraded inputs, batch + queue; encoder ``cluster_encoder`` (D's
-layers by default), head and queues ``net_cluster`` — plus, optionally, ``consistency_opt`` against the frozen
-stage-1 student so adaptation does not forget content.
+:class:`ClusterGrainedContrastiveLoss` on pooled embeddings — anchors: S(real degraded) through the cluster encoder
+(D's layers by default) and head (``net_cluster``); positive cluster: real clean images; negatives: real degraded
+inputs. Positives and negatives are *keys* (MoCo, He et al. 2020): computed by a momentum copy of the encoder's
+network and of the head (``net_d_m`` / ``net_g_m``, ``net_cluster_m``; EMA ``key_momentum`` after every step), so
+the batch's keys and the queued ones (``queue_size``, in ``net_cluster``) come from one slowly moving encoder and do
+not go stale as D and the head train. ``key_encoder: live`` takes the keys from the live encoder and head instead;
+it refuses a queue, whose entries would then come from many older states.
+
+``consistency_opt`` (L1 to the frozen stage-1 student) is an option, off in the recipes: the paper describes the
+stage as GAN + cluster-grained contrast on real images only, and the anchor to the stage-1 student is a choice of
+this toolkit's earlier recipe, not the paper's.
 
 One iteration: the discriminator step, then the student step (GAN + cluster contrast [+ consistency]), then the
-queues take this batch's positive and negative embeddings.
+momentum update of the key encoder and the queues take this batch's keys.
 """
 from collections import OrderedDict
 from copy import deepcopy
@@ -19,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from irtoolkit.contrastive.encoders import build_encoder
+from irtoolkit.contrastive.heads import momentum_update
 from irtoolkit.contrastive.queue import EmbeddingQueue
-from irtoolkit.contrastive.training import discriminator_loss, set_requires_grad
+from irtoolkit.contrastive.training import discriminator_loss
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.dist import bare
 from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
@@ -30,12 +38,15 @@ STAGE2_SCHEMA = {
     'cluster_encoder': Option(dict, {'type': 'disc', 'layers': ['body.1']},
                               doc='features pooled into the cluster embedding (default: the discriminator)'),
     'cluster_dim': Option(int, 128, doc='cluster embedding size'),
-    'queue_size': Option(int, 256, doc='stored positive and negative embeddings each (0: batch only)'),
+    'queue_size': Option(int, 256, doc='stored positive and negative keys each (0: batch only)'),
+    'key_encoder': Option(str, 'momentum', choices=('momentum', 'live'),
+                          doc='keys from a momentum copy of the encoder and head (MoCo), or from the live ones'),
+    'key_momentum': Option(float, 0.999, doc='EMA decay of the momentum key encoder'),
 }
 
 
 class _ClusterBank(nn.Module):
-    """Embedding head (pooled multi-layer features -> unit vector) and the positive/negative queues."""
+    """Embedding head (pooled multi-layer features -> unit vector) and the positive/negative key queues."""
 
     def __init__(self, in_channels, dim, queue_size):
         super().__init__()
@@ -44,14 +55,18 @@ class _ClusterBank(nn.Module):
         self.neg_queue = EmbeddingQueue(queue_size, dim)
 
     def forward(self, feats):
-        return F.normalize(self.head(torch.cat([f.mean((2, 3)) for f in feats], 1)), dim=-1)
+        return embed(self.head, feats)
+
+
+def embed(head, feats):
+    return F.normalize(head(torch.cat([f.mean((2, 3)) for f in feats], 1)), dim=-1)
 
 
 @MODEL_REGISTRY.register()
 class UniRemovalStage2Model(BaseModel):
     """Options: ``uniremoval`` (below; ``docs/contrastive.md``) and ``train``: ``gan_opt``, ``cluster_opt``
-    (``ClusterGrainedContrastiveLoss``), optional ``consistency_opt`` (L1), ``optim_g`` (student + cluster head),
-    ``optim_d``."""
+    (``ClusterGrainedContrastiveLoss``), optional ``consistency_opt`` (L1 to the stage-1 student), ``optim_g``
+    (student + cluster head), ``optim_d``."""
 
     OPTION_SCHEMA = {'uniremoval': STAGE2_SCHEMA}
 
@@ -61,16 +76,36 @@ class UniRemovalStage2Model(BaseModel):
 
     def setup_training_networks(self):
         uopt, where = self.opt['uniremoval'], f'{self.opt.get("opt_path", "")}: '
+        if uopt['key_encoder'] == 'live' and uopt['queue_size']:
+            raise OptionError(f'{where}uniremoval.queue_size: a queue needs key_encoder: momentum (queued keys of a '
+                              'live encoder come from older, different encoder states)')
         self.net_d = self.build_net('network_d', 'net_d')
-        self.anchor_net = deepcopy(bare(self.net_g)).eval().requires_grad_(False)  # the stage-1 student, frozen
-        try:
-            encoder = build_encoder(uopt['cluster_encoder'], self.net_g, self.net_d,
-                                    f'{where}uniremoval.cluster_encoder')
-        except ValueError as err:
-            raise OptionError(str(err)) from None
-        self.cluster_encoder = encoder.to(self.device)
+        self.cluster_encoder = self._encoder(self.net_g, self.net_d)
         bank = _ClusterBank(sum(self.cluster_encoder.channels()), uopt['cluster_dim'], uopt['queue_size'])
         self.bank = self.add_net('net_cluster', bank)
+        self.key_pairs = []  # (momentum copy, live module) pairs, EMA-updated after every step
+        if uopt['key_encoder'] == 'momentum':
+            kind = (uopt['cluster_encoder'] or {}).get('type', 'self')
+            live = {'disc': self.net_d, 'self': self.net_g}.get(kind)
+            copy = self.add_net(f'net_{"d" if kind == "disc" else "g"}_m', deepcopy(bare(live)), trainable=False) \
+                if live is not None else None
+            self.key_encoder = self._encoder(copy, copy) if copy is not None else self.cluster_encoder
+            self.key_head = self.add_net('net_cluster_m', deepcopy(bare(self.bank).head), trainable=False)
+            self.key_pairs = [(m, bare(n)) for m, n in ((copy, live), (self.key_head, bare(self.bank).head))
+                              if m is not None]
+        else:
+            self.key_encoder, self.key_head = self.cluster_encoder, bare(self.bank).head
+        self.anchor_net = None
+        if (self.opt['train'] or {}).get('consistency_opt') is not None:  # the stage-1 student, frozen
+            self.anchor_net = deepcopy(bare(self.net_g)).eval().requires_grad_(False)
+
+    def _encoder(self, generator, discriminator):
+        where = f'{self.opt.get("opt_path", "")}: uniremoval.cluster_encoder'
+        try:
+            return build_encoder(self.opt['uniremoval']['cluster_encoder'], generator, discriminator,
+                                 where).to(self.device)
+        except ValueError as err:
+            raise OptionError(str(err)) from None
 
     def setup_losses(self):
         return self.build_losses(required=('gan', 'cluster'), optional=('consistency', ))
@@ -82,43 +117,53 @@ class UniRemovalStage2Model(BaseModel):
     # ------------------------------------------------------------------ one iteration
     def optimize_parameters(self, current_iter):
         log = OrderedDict()
-        with self.autocast():
-            self.output = self.net_g(self.lq).float()
-        self.step_d(log)
-        pos, neg = self.step_g(log)
-        bare(self.bank).pos_queue.push(pos)
-        bare(self.bank).neg_queue.push(neg)
+        self.forward()
+        self.step('d', ('net_d', ), self.d_losses, log)
+        terms = self.step('g', ('net_g', 'net_cluster'), self.g_losses, log)
+        log['l_total'] = sum(terms.values()).detach()
+        self.update_keys()
+        self.push_keys()
         self.reduce_loss_dict(log)
         self.update_ema()
 
-    def step_d(self, log):
-        """The discriminator: real clean images against the (detached) adapted outputs; then frozen."""
-        set_requires_grad(self.net_d, True)
-        self.zero_grad('d')
-        log['l_d'] = discriminator_loss(self.losses['gan'], self.net_d, self.gt, self.output)
-        self.backward_step(log['l_d'], 'd')
-        set_requires_grad(self.net_d, False)
+    def forward(self):
+        with self.autocast():
+            self.output = self.net_g(self.lq).float()
 
-    def step_g(self, log):
-        """The student and the cluster head: GAN + cluster-grained contrast (+ consistency). Returns this batch's
-        positive and negative embeddings for the queues."""
-        out, x, y = self.output, self.lq, self.gt
-        self.zero_grad('g')
-        total = self.losses['gan'](bare(self.net_d)(out), True, is_disc=False)  # frozen: no DDP reduction to wait
-        log['l_g_gan'] = total
+    def d_losses(self):
+        """The discriminator: real clean images against the (detached) adapted outputs."""
+        return OrderedDict(d=discriminator_loss(self.losses['gan'], self.net_d, self.gt, self.output))
+
+    @torch.no_grad()
+    def keys(self):
+        """This batch's positive (real clean) and negative (real degraded) keys, from the key encoder and head."""
+        return embed(self.key_head, self.key_encoder(self.gt)), embed(self.key_head, self.key_encoder(self.lq))
+
+    def g_losses(self):
+        """The student and the cluster head, D fixed: GAN + cluster-grained contrast of the adapted outputs against
+        the batch's and the queued keys (+ consistency)."""
+        out, x = self.output, self.lq
+        # the frozen critic through its bare module: a DDP forward whose parameters get no gradient would leave
+        # DDP waiting for that reduction
+        terms = OrderedDict(g_gan=self.losses['gan'](bare(self.net_d)(out), True, is_disc=False))
         anchors = self.bank(self.cluster_encoder(out))
-        with torch.no_grad():
-            pos = self.bank(self.cluster_encoder(y))
-            neg = self.bank(self.cluster_encoder(x))
-            pos_all = torch.cat((pos, bare(self.bank).pos_queue.get()))
-            neg_all = torch.cat((neg, bare(self.bank).neg_queue.get()))
-        log['l_cluster'] = self.losses['cluster'](anchors, pos_all, neg_all)
-        total = total + log['l_cluster']
+        self.batch_keys = pos, neg = self.keys()
+        queues = bare(self.bank)
+        terms['cluster'] = self.losses['cluster'](anchors, torch.cat((pos, queues.pos_queue.get())),
+                                                  torch.cat((neg, queues.neg_queue.get())))
         if 'consistency' in self.losses:
             with torch.no_grad():
                 ref = self.anchor_net(x)
-            log['l_consistency'] = self.losses['consistency'](out, ref)
-            total = total + log['l_consistency']
-        log['l_total'] = total
-        self.backward_step(total, 'g')
-        return pos, neg
+            terms['consistency'] = self.losses['consistency'](out, ref)
+        return terms
+
+    def update_keys(self):
+        """EMA of the key encoder's network and head towards the live ones (MoCo's momentum update)."""
+        for momentum_copy, live in self.key_pairs:
+            momentum_update(momentum_copy, live, self.opt['uniremoval']['key_momentum'])
+
+    def push_keys(self):
+        """The queues take this batch's keys (from the momentum encoder: comparable with the stored ones)."""
+        pos, neg = self.batch_keys
+        bare(self.bank).pos_queue.push(pos)
+        bare(self.bank).neg_queue.push(neg)

@@ -44,6 +44,25 @@ class CosineAnnealingRestartCyclicLR(LRScheduler):
         return [eta_min + w * 0.5 * (base - eta_min) * cos for base in self.base_lrs]
 
 
+@register_scheduler
+class HoldLinearDecayLR(LRScheduler):
+    """CUT / NEGCUT / NLCL's ``linear`` policy, per iteration: the base lr for ``hold_iters`` iterations, then a
+    linear decay to 0 over ``decay_iters`` (``lr = base * (1 - max(0, t - hold_iters) / decay_iters)``, never below
+    0). CUT: 200 + 200 epochs; NLCL: 200 + 10 epochs.
+    """
+
+    def __init__(self, optimizer, hold_iters, decay_iters, last_epoch=-1):
+        if hold_iters < 0 or decay_iters <= 0:
+            raise ValueError(f'HoldLinearDecayLR: need hold_iters >= 0 and decay_iters > 0, got {hold_iters}, '
+                             f'{decay_iters}')
+        self.hold_iters, self.decay_iters = int(hold_iters), int(decay_iters)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        factor = max(0.0, 1.0 - max(0, self.last_epoch - self.hold_iters) / self.decay_iters)
+        return [base * factor for base in self.base_lrs]
+
+
 def build_scheduler(optimizer, opt, key='train.scheduler'):
     from basicsr.models import lr_scheduler as bsr
     opt = dict(opt)

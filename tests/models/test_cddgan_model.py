@@ -1,17 +1,44 @@
 """CDDGANModel: phase isolation (N step changes only the negative generators, G step leaves them unchanged),
-detached keys, and 10 training iterations through the runner (checkpoint and validation at 5 and 10) with finite,
-logged losses."""
+detached keys, NEGCUT's objective (identity pairs averaged with the main pair and seen by N, lambda_div not scaled by
+lambda_NCE, diversity over fresh negatives only, N conditioned on the whole momentum-projected map), CUT's ResNet
+generator in the full recipe, the plain-CycleGAN ablation, and 20 runner iterations with finite, logged losses."""
 import math
+import os.path as osp
 from collections import OrderedDict
 
 import pytest
 import torch
-from irtk_testutils import CDDGAN_DEMO, shrink_recipe, write_options
+from irtk_testutils import REPO, write_options
 
 from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.utils.options import parse_options
+from irtoolkit.utils.recipe import load_recipe
+
+SMALL_G = {'type': 'ResnetGenerator', 'ngf': 4, 'num_blocks': 2}
+SMALL_D = {'type': 'PatchGANDiscriminator', 'num_feat': 8, 'num_layers': 2}
+
+
+def small_recipe(data_root, name='cdd', iters=20):
+    """The demo recipe on the tiny pairs (used as unpaired sets), with small networks and 32 px crops."""
+    opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
+    opt['name'] = name
+    tr, va = opt['datasets']['train'], opt['datasets']['val']
+    tr.update(dataroot_lq=osp.join(data_root, 'train/lq'), dataroot_gt=osp.join(data_root, 'train/gt'),
+              io_backend={'type': 'disk'}, gt_size=32, batch_size_per_gpu=2)
+    va.update(dataroot_lq=osp.join(data_root, 'val/lq'), dataroot_gt=osp.join(data_root, 'val/gt'),
+              io_backend={'type': 'disk'})
+    opt.update(network_g=SMALL_G, network_d=SMALL_D)
+    opt['network_n'].update(num_negatives=8, hidden_dim=16, queue_size=16)
+    opt['contrastive'].update(encoder={'type': 'self', 'layers': ['model.0', 'model.4', 'model.8', 'model.12']},
+                              num_patches=16, head={'out_dim': 16, 'hidden_dim': 16},
+                              clear_exemplar=['identity', 'positive'])
+    opt['train']['total_iter'] = iters
+    opt['train']['identity_opt'] = {'type': 'L1Loss', 'loss_weight': 0.5}
+    opt['val']['val_freq'] = 10
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=10)
+    return opt
 
 
 def snapshot(model):
@@ -27,7 +54,7 @@ def changed(before, model):
 @pytest.fixture
 def model(tiny_data, in_tmp):
     torch.manual_seed(0)
-    opt = parse_options(write_options(shrink_recipe(tiny_data, 'cdd', **CDDGAN_DEMO), in_tmp / 'cdd.yml'), True)
+    opt = parse_options(write_options(small_recipe(tiny_data), in_tmp / 'cdd.yml'), True)
     opt.update(rank=0, world_size=1, dist=False)
     m = build_model(opt)
     m.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
@@ -38,42 +65,123 @@ def test_phases_touch_only_their_networks(model):
     log = OrderedDict()
     model.forward_generators()
     before = snapshot(model)
-    model.step_d(log)
+    model.step('d', ('net_d', 'net_d_b'), model.d_losses, log)
     assert changed(before, model) == {'net_d', 'net_d_b'}
     before = snapshot(model)
-    model.step_n(log)
+    model.step('n', model.n_nets, model.n_losses, log)
     assert changed(before, model) == {'net_n', 'net_n_b'}  # ascent step: only the negative generators
     assert log['l_n'] < 0  # it minimises -NCE - div
     before = snapshot(model)
-    fresh = model.step_g(log)
+    model.step(('g', 'f'), model.g_nets, model.g_losses, log)
     assert changed(before, model) == {'net_g', 'net_g_b', 'net_f', 'net_f_b'}  # N unchanged by the G step
     before = snapshot(model)
-    model.step_momentum(fresh)
-    # momentum heads move towards the heads; the queue (a buffer of N) receives the fresh negatives
+    model.step_momentum()
+    # momentum heads move towards the heads; the queue (a buffer of N) receives the fresh negatives of both pairs
     assert changed(before, model) == {'net_fm', 'net_fm_b', 'net_n', 'net_n_b'}
-    assert len(model.neg_gens['a'].queues[0]) == 2 * 8
+    assert len(model.neg_gens['a'].queues[0]) == 16  # 2 pairs x 2 images x 8 pushed, the queue holds 16
     assert all(math.isfinite(v) for v in map(float, log.values()))
 
 
-def test_keys_detached_and_queries_carry_gradient(model):
+def test_keys_and_conditions_fixed_queries_carry_gradient(model):
     model.forward_generators()
-    for k, k_m in model.keys.values():
-        assert all(not t.requires_grad for t in k + k_m)
-    q = model._queries('a', model.fake_c, model.coords['a'], with_grad=True)
-    assert all(t.requires_grad for t in q)
+    for pairs in model.pairs.values():
+        for p in pairs:
+            assert all(not t.requires_grad for t in p.k + p.cond) and all(t.requires_grad for t in p.q)
+
+
+def test_identity_pairs_halved_and_seen_by_n(model):
+    """NEGCUT: NCE = 1/2 (NCE(G(x), x) + NCE(G(y), y)) for each generator, and N ascends both pairs."""
+    model.forward_generators()
+    assert [[p.weight for p in model.pairs[d]] for d in 'ab'] == [[0.5, 0.5], [0.5, 0.5]]
+    roles = []
+    nce = model.losses['nce']
+    orig = nce.forward
+    nce.forward = lambda *a, **k: roles.append(k.get('role', 'generator')) or orig(*a, **k)
+    model.n_losses()
+    model.g_losses()
+    assert roles == ['negative'] * 4 + ['generator'] * 4  # 2 directions x (X pair, Y pair)
+
+
+def test_condition_is_the_whole_map_mean(model):
+    """N is conditioned on the momentum head over every location of the source map (NEGCUT), not on the patches."""
+    model.forward_generators()
+    p = model.pairs['a'][0]
+    with torch.no_grad():
+        feats = model.encoders['a'](model.lq)
+        dense = model.heads_m['a']([f.flatten(2).transpose(1, 2) for f in feats])
+    assert all(torch.allclose(c, e.mean(1, keepdim=True), atol=1e-6) for c, e in zip(p.cond, dense))
+
+
+def test_negative_objective_lambda_div_and_fresh_only():
+    """lambda_div is not scaled by loss_weight, and the diversity ignores queued negatives."""
+    from irtoolkit.losses.adversarial_contrastive_loss import AdversarialContrastiveLoss
+    torch.manual_seed(0)
+    q, k = [torch.nn.functional.normalize(torch.randn(2, 6, 4), dim=-1) for _ in range(2)]
+    fresh = torch.nn.functional.normalize(torch.randn(2, 8, 4), dim=-1)
+    queued = torch.cat((fresh, torch.zeros(2, 8, 4)), 1)  # a queue of constants would halve the diversity
+    loss = AdversarialContrastiveLoss(loss_weight=3.0, lambda_div=0.5)
+    value = loss([q], [k], [queued], role='negative', fresh=[fresh])
+    expected = -3.0 * loss.nce([q], [k], [queued]) - 0.5 * loss.diversity([fresh])
+    assert torch.allclose(value, expected)
+    assert not torch.allclose(loss.diversity([fresh]), loss.diversity([queued]))
+
+
+def test_full_recipe_is_negcut_on_cut_resnet():
+    opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/train_CDDGAN_RESIDE.yml'))
+    assert opt['network_g']['type'] == 'ResnetGenerator' and opt['network_g']['num_blocks'] == 9
+    assert opt['contrastive']['encoder']['layers'] == ['model.0', 'model.4', 'model.8', 'model.12', 'model.16']
+    sched, total = opt['train']['scheduler'], opt['train']['total_iter']
+    assert sched['type'] == 'HoldLinearDecayLR' and sched['hold_iters'] == sched['decay_iters'] == total // 2
+    nce = opt['train']['nce_opt']
+    assert (nce['loss_weight'], nce['lambda_div'], nce['temperature']) == (1.0, 1.0, 0.07)
+
+
+def test_adversarial_nce_starts_informative_with_resnet_not_with_nafnet(tiny_data, in_tmp):
+    """The finding behind the ResNet generator: an identity-like start (NAFNet) puts the adversarial NCE at ~0,
+    CUT's ResNet from scratch puts it within reach of its chance level ln(1 + K)."""
+    values = {}
+    for name, net, layers in (('resnet', SMALL_G, ['model.0', 'model.4', 'model.8', 'model.12']),
+                              ('nafnet', {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1],
+                                          'dec_blk_nums': [1, 1]}, ['intro', 'encoders.0', 'encoders.1'])):
+        opt = small_recipe(tiny_data, name)
+        opt['network_g'] = net
+        opt['contrastive']['encoder']['layers'] = layers
+        torch.manual_seed(0)
+        opt = parse_options(write_options(opt, in_tmp / f'{name}.yml'), True)
+        opt.update(rank=0, world_size=1, dist=False)
+        m = build_model(opt)
+        m.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
+        m.forward_generators()
+        with torch.no_grad():
+            values[name] = float(m.losses['nce'].nce(m.pairs['a'][0].q, m.pairs['a'][0].k,
+                                                     m.neg_gens['a'](m.pairs['a'][0].cond)))
+    chance = math.log(1 + 8)
+    assert values['nafnet'] < 0.05 * chance < 0.2 * chance < values['resnet'], values  # measured: 2 % / 38 %
+
+
+def test_without_nce_is_plain_cyclegan(tiny_data, in_tmp):
+    opt = small_recipe(tiny_data)
+    del opt['train']['nce_opt'], opt['train']['optim_f'], opt['train']['optim_n']
+    opt['contrastive']['clear_exemplar'] = ['identity']
+    opt = parse_options(write_options(opt, in_tmp / 'plain.yml'), True)
+    opt.update(rank=0, world_size=1, dist=False)
+    m = build_model(opt)
+    assert set(m.networks) == {'net_g', 'net_g_b', 'net_d', 'net_d_b'} and set(m.optimizers) == {'g', 'd'}
+    m.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
+    m.optimize_parameters(1)
+    assert set(m.get_current_log()) == {'l_d', 'l_g_gan', 'l_cycle', 'l_identity'}
 
 
 @pytest.mark.slow
-def test_trains_10_iters_with_finite_logged_losses(tiny_data, in_tmp):
-    opt = shrink_recipe(tiny_data, 'cdd10', 10, checkpoint_freq=5, val_freq=5, **CDDGAN_DEMO)
-    run_train(['-opt', write_options(opt, in_tmp / 'cdd10.yml')])
-    exp = in_tmp / 'experiments' / 'cdd10'
-    curves = parse_log(str(next(exp.glob('train_cdd10_*.log'))))
-    for name in ('l_d', 'l_n', 'l_n_nce', 'l_n_div', 'l_g_gan', 'l_cycle', 'l_identity', 'l_nce', 'l_exemplar_idt',
-                 'l_exemplar_pos', 'l_g_total'):
+def test_trains_20_iters_with_finite_logged_losses(tiny_data, in_tmp):
+    run_train(['-opt', write_options(small_recipe(tiny_data, 'cdd20'), in_tmp / 'cdd20.yml')])
+    exp = in_tmp / 'experiments' / 'cdd20'
+    curves = parse_log(str(next(exp.glob('train_cdd20_*.log'))))
+    for name in ('l_d', 'l_n', 'l_n_nce', 'l_n_div', 'l_g_gan', 'l_cycle', 'l_identity', 'l_nce', 'l_nce_x',
+                 'l_nce_y', 'l_exemplar_pos'):
         iters, values = curves[name]
-        assert iters == list(range(1, 11)) and all(math.isfinite(v) for v in values), name
+        assert iters == list(range(1, 21)) and all(math.isfinite(v) for v in values), name
     for net in ('g', 'g_b', 'd', 'd_b', 'f', 'f_b', 'fm', 'fm_b', 'n', 'n_b'):
         assert (exp / 'models' / f'net_{net}_latest.pth').is_file()
-    state = torch.load(exp / 'training_states' / '10.state', weights_only=True)
+    state = torch.load(exp / 'training_states' / '20.state', weights_only=True)
     assert set(state['optimizers']) == {'g', 'd', 'f', 'n'}

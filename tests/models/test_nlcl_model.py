@@ -1,22 +1,44 @@
 """NLCLModel: the official release's bugs are absent (every head trains, through one optimiser; batch > 1 and
-non-256 crops work), D is frozen in the G step, and 10 runner iterations give finite, logged losses."""
+non-256 crops work), D is frozen in the G step, the release's layers / loss balance / init / schedule (N1-N3), the
+ablation without contrastive terms, and 20 runner iterations give finite, logged losses."""
 import math
+import os.path as osp
 
 import pytest
 import torch
-from irtk_testutils import NLCL_DEMO, shrink_recipe, write_options
+from irtk_testutils import REPO, write_options
 
 from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.utils.options import parse_options
+from irtoolkit.utils.recipe import load_recipe
+
+
+def small_recipe(data_root, name='nlcl', iters=20, **nlcl):
+    opt = load_recipe(osp.join(REPO, 'options/train/NLCL/demo_NLCL_rain.yml'))
+    opt['name'] = name
+    tr, va = opt['datasets']['train'], opt['datasets']['val']
+    tr.update(dataroot_lq=osp.join(data_root, 'train/lq'), dataroot_gt=osp.join(data_root, 'train/gt'),
+              io_backend={'type': 'disk'}, gt_size=40, batch_size_per_gpu=2)
+    va.update(dataroot_lq=osp.join(data_root, 'val/lq'), dataroot_gt=osp.join(data_root, 'val/gt'),
+              io_backend={'type': 'disk'})
+    opt['network_g'].update(width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
+    opt['network_r'].update(nf=8, num_blocks=2)
+    opt['network_d'].update(num_feat=8, num_layers=2)
+    opt['nlcl']['d_warmup_iter'] = 0  # the demo's warm-up is longer than these runs; tests opt in
+    opt['nlcl'].update(location_encoder={'type': 'self', 'layers': ['intro', 'encoders.0', 'encoders.1']},
+                       layer_encoder={'type': 'disc', 'layers': ['input', 'body.0.0', 'body.1.0']},
+                       num_patches=16, num_rain=12, head={'out_dim': 16, 'hidden_dim': 16}, **nlcl)
+    opt['train']['total_iter'] = iters
+    opt['val']['val_freq'] = 10
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=10)
+    return opt
 
 
 def build(data_root, tmp, **nlcl):
     torch.manual_seed(0)
-    recipe = shrink_recipe(data_root, 'nlcl', **NLCL_DEMO)
-    recipe['nlcl'].update(nlcl)
-    opt = parse_options(write_options(recipe, tmp / 'nlcl.yml'), True)
+    opt = parse_options(write_options(small_recipe(data_root, **nlcl), tmp / 'nlcl.yml'), True)
     opt.update(rank=0, world_size=1, dist=False)
     return build_model(opt)
 
@@ -42,19 +64,17 @@ def test_every_head_trains_and_d_is_fixed_in_g_step(tiny_data, in_tmp, rain_mode
 
 
 @pytest.mark.slow
-def test_trains_10_iters_with_finite_logged_losses(tiny_data, in_tmp):
-    recipe = shrink_recipe(tiny_data, 'nlcl10', 10, checkpoint_freq=5, val_freq=5, **NLCL_DEMO)
-    recipe['nlcl']['d_warmup_iter'] = 5
-    run_train(['-opt', write_options(recipe, in_tmp / 'nlcl10.yml')])
-    exp = in_tmp / 'experiments' / 'nlcl10'
-    curves = parse_log(str(next(exp.glob('train_nlcl10_*.log'))))
-    assert curves['l_d'][0] == list(range(1, 11)) and all(math.isfinite(v) for v in curves['l_d'][1])
-    for name in ('l_g_gan', 'l_location', 'l_layer', 'l_recon', 'l_fidelity', 'l_g_total'):  # G from iter 6 on
+def test_trains_20_iters_with_finite_logged_losses(tiny_data, in_tmp):
+    run_train(['-opt', write_options(small_recipe(tiny_data, 'nlcl20', d_warmup_iter=5), in_tmp / 'nlcl20.yml')])
+    exp = in_tmp / 'experiments' / 'nlcl20'
+    curves = parse_log(str(next(exp.glob('train_nlcl20_*.log'))))
+    assert curves['l_d'][0] == list(range(1, 21)) and all(math.isfinite(v) for v in curves['l_d'][1])
+    for name in ('l_g_gan', 'l_location', 'l_layer', 'l_recon', 'l_fidelity'):  # G from iter 6 on
         iters, values = curves[name]
-        assert iters == list(range(6, 11)) and all(math.isfinite(v) for v in values), name
+        assert iters == list(range(6, 21)) and all(math.isfinite(v) for v in values), name
     for net in ('g', 'r', 'd', 'h_loc', 'h_bg', 'h_rain'):
         assert (exp / 'models' / f'net_{net}_latest.pth').is_file()
-    assert set(torch.load(exp / 'training_states' / '10.state', weights_only=True)['optimizers']) == {'g', 'd', 'heads'}
+    assert set(torch.load(exp / 'training_states' / '20.state', weights_only=True)['optimizers']) == {'g', 'd', 'heads'}
 
 
 def test_identity_init_warmup_and_nonnegative_rain(tiny_data, in_tmp):
@@ -81,3 +101,59 @@ def test_bad_options_fail_early(tiny_data, in_tmp, bad):
     from irtoolkit.utils.registry import OptionError
     with pytest.raises(OptionError, match='nlcl.' + next(iter(bad))):
         build(tiny_data, in_tmp, **bad)
+
+
+def test_layer_contrast_taps_nlcl_conv_outputs():
+    """N1: NLCL's adv_nce_layers 0, 3, 7 (after the prepended input) are D's first three convolutions' raw outputs,
+    255 / 127 / 63 px on a 256 crop — not the post-LeakyReLU, blur-pooled stage outputs (128 / 64 / 32 px)."""
+    from irtoolkit.contrastive.encoders import build_encoder
+    from irtoolkit.utils.registry import build_network
+    opt = load_recipe(osp.join(REPO, 'options/train/NLCL/train_NLCL_SPAData.yml'))
+    net_d = build_network(opt['network_d'])
+    enc = build_encoder(opt['nlcl']['layer_encoder'], None, net_d)
+    with torch.no_grad():
+        feats = enc(torch.rand(1, 3, 256, 256))
+    assert [tuple(f.shape[1:]) for f in feats] == [(3, 256, 256), (64, 255, 255), (128, 127, 127), (256, 63, 63)]
+    modules = dict(net_d.named_modules())
+    assert all(type(modules[n]).__name__ == 'Conv2d' for n in opt['nlcl']['layer_encoder']['layers'][1:])
+
+
+def test_loss_weights_equal_the_official_on_minus_one_one():
+    """N2: on [0, 1] images the recipe's recon / fidelity weights give exactly NLCL's terms on [-1, 1] images
+    (lambda_MSE 1, lambda_L1 0.1), so their balance against the GAN and NCE terms is the official one."""
+    from irtoolkit.utils.registry import build_loss
+    train = load_recipe(osp.join(REPO, 'options/train/NLCL/train_NLCL_SPAData.yml'))['train']
+    recon, fidelity = build_loss(train['recon_opt']), build_loss(train['fidelity_opt'])
+    torch.manual_seed(0)
+    o, b = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    r = torch.rand(2, 3, 16, 16) * 0.2
+    o_, b_, r_ = 2 * o - 1, 2 * b - 1, 2 * r  # NLCL's range: X' = 2X - 1, so R' = O' - B' = 2R
+    official = torch.nn.functional.mse_loss(b_ + r_, o_) + 0.1 * torch.nn.functional.l1_loss(o_, b_)
+    assert torch.allclose(recon(b + r, o) + fidelity(b, o), official, rtol=1e-5)
+
+
+def test_discriminator_init_and_schedule_are_nlcls():
+    """N3: D initialised xavier with gain 0.02; the lr held for 200 of 210 epochs, then decayed linearly to 0."""
+    from irtoolkit.utils.registry import build_network
+    opt = load_recipe(osp.join(REPO, 'options/train/NLCL/train_NLCL_SPAData.yml'))
+    torch.manual_seed(0)
+    conv = build_network(opt['network_d']).body[1][0]  # 64 -> 128, 4x4
+    xavier_std = 0.02 * (2 / (64 * 16 + 128 * 16)) ** 0.5
+    assert abs(conv.weight.std().item() / xavier_std - 1) < 0.05 and not conv.bias.any()
+    sched, total = opt['train']['scheduler'], opt['train']['total_iter']
+    assert sched['type'] == 'HoldLinearDecayLR' and sched['hold_iters'] * 210 == total * 200
+    assert sched['hold_iters'] + sched['decay_iters'] == total
+
+
+def test_without_contrastive_terms(tiny_data, in_tmp):
+    """The ablation: no nlcl_opt, no heads, no contrastive terms; everything else trains as before."""
+    opt = small_recipe(tiny_data)
+    del opt['train']['nlcl_opt'], opt['train']['optim_heads']
+    torch.manual_seed(0)
+    opt = parse_options(write_options(opt, in_tmp / 'plain.yml'), True)
+    opt.update(rank=0, world_size=1, dist=False)
+    m = build_model(opt)
+    assert set(m.networks) == {'net_g', 'net_r', 'net_d'} and set(m.optimizers) == {'g', 'd'}
+    m.feed_data({'lq': torch.rand(2, 3, 40, 40), 'gt': torch.rand(2, 3, 40, 40)})
+    m.optimize_parameters(1)
+    assert set(m.get_current_log()) == {'l_d', 'l_g_gan', 'l_recon', 'l_fidelity'}
