@@ -103,7 +103,10 @@ class BaseModel(ImageValidation):
         return OrderedDict()
 
     def setup_optimizers(self):
-        """``self.add_optimizer(name, params, 'optim_<x>')`` for every optimiser."""
+        """``self.add_optimizer(name, params, 'optim_<x>')`` for every optimiser; by default ``g`` over ``net_g``
+        from ``train.optim_g``."""
+        if 'net_g' in self.networks:
+            self.add_optimizer('g', self.networks['net_g'].parameters(), 'optim_g')
 
     def init_training_settings(self):
         self.setup_training_networks()

@@ -86,9 +86,6 @@ class ConStylePretrainModel(BaseModel):
                               'cls_opt, kl_opt)')
         return losses
 
-    def setup_optimizers(self):
-        self.add_optimizer('g', self.net_g.parameters(), 'optim_g')
-
     # ------------------------------------------------------------------ data
     def feed_data(self, data):
         self.gt = data['gt'].to(self.device)

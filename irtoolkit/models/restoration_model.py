@@ -23,9 +23,6 @@ class RestorationModel(BaseModel):
                               '(e.g. pixel_opt: {type: L1Loss})')
         return losses
 
-    def setup_optimizers(self):
-        self.add_optimizer('g', self.net_g.parameters(), 'optim_g')
-
     def compute_losses(self, output, gt):
         """Sum and dict (``l_<name>``) of the image losses of ``output`` against ``gt``."""
         loss_dict, total = OrderedDict(), 0
