@@ -206,14 +206,22 @@ def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0)
 
     import torch
     sub, name = VS_CONFIGS[config]
-    model = irtoolkit_model(name, device)  # seeded: the same initial weights in every process
     if impl == 'upstream':
-        weights = {k: v.detach().clone() for k, v in model.net_g.state_dict().items()}
-        del model
+        # irtoolkit's initial weights (same seed as irtoolkit_model, whose first draw is the network): the network
+        # alone, so that no irtoolkit model setting (e.g. the CPU allocator's) reaches upstream's process
+        import irtoolkit  # noqa: F401  (registers everything)
+        from irtoolkit.engine.runner import set_random_seed
+        from irtoolkit.utils.registry import build_network
+        set_random_seed(0)
+        net = build_network(dict(MODELS[name][1]))
+        weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        del net
         gc.collect()
         step = upstream_step_fn(config, osp.join(root, sub), weights, device)
         del weights
     else:
+        model = irtoolkit_model(name, device)
+
         def step(lq, gt):
             model.feed_data({'lq': lq, 'gt': gt})
             model.optimize_parameters(step.it)
@@ -221,6 +229,7 @@ def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0)
             log = model.get_current_log()
             out = {k[2:]: float(v) for k, v in log.items() if k.startswith('l_')}
             out['pix'] = out.pop('pix', out.pop('pixel', float('nan')))
+            out.setdefault('total', sum(v for k, v in out.items()))
             return out
         step.it = 1
     g = torch.Generator().manual_seed(0)
@@ -240,7 +249,8 @@ def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0)
         step(lq, gt)
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({'impl': impl, 'config': config, 's_it': sorted(times)[len(times) // 2], 'times': times,
+    import statistics
+    print(json.dumps({'impl': impl, 'config': config, 's_it': statistics.median(times), 'times': times,
                       'peak_mib': peak, 'losses': first}))
 
 
