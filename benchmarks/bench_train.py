@@ -13,6 +13,13 @@ Each model runs in its own subprocess so that the peak memory (CPU: max RSS of t
     python benchmarks/bench_train.py                       # CPU, batch 8, 128x128, all default models
     python benchmarks/bench_train.py --device cuda --iters 20
     python benchmarks/bench_train.py --models NAFNet ConStyleNAFNet --batch 4 --size 64 --threads 2
+
+Side by side with upstream (``--vs-upstream DIR``): DIR holds read-only checkouts ``IRConStyle`` (Dongqi-Fan/IRConStyle)
+and/or ``NAFNet`` (megvii-research/NAFNet), never copied into this repository. Each configuration runs in its own
+subprocess, upstream and irtoolkit alternating, ``--repeats`` times; the table gives medians, ratios and peak RSS, and
+the first step's losses of both (same weights, same batch) with their largest difference:
+
+    python benchmarks/bench_train.py --vs-upstream /tmp/up15 --batch 4 --size 128 --repeats 3
 """
 import argparse
 import json
@@ -78,6 +85,225 @@ def worker(name, device, batch, size, warmup, iters):
                       'peak_mib': peak, 'losses': sorted(model.get_current_log())}))
 
 
+# ---------------------------------------------------------------------------------------------- --vs-upstream
+VS_CONFIGS = {  # name: (checkout sub-folder, irtoolkit model of MODELS)
+    'ConStyleNAFNet': ('IRConStyle', 'ConStyleNAFNet'),
+    'NAFNet': ('NAFNet', 'NAFNet'),
+}
+ADAMW = {'lr': 3e-4, 'weight_decay': 1e-4, 'betas': (0.9, 0.999)}  # upstream's optim_g
+
+
+def _stub_package(name, path=None, **attrs):
+    """A module object in sys.modules whose __init__ is not run (upstream's package __init__s import every arch,
+    the data pipeline and the whole basicsr fork); with ``path`` its submodules import from that folder."""
+    import types
+    mod = types.ModuleType(name)
+    if path is not None:
+        mod.__path__ = [path]
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    return mod
+
+
+def import_upstream(config, root):
+    """Upstream's own modules, read from the checkout ``root`` (arch file; for IRConStyle also its loss file)."""
+    import importlib
+    import logging
+
+    class NoRegistry:
+        def register(self, obj=None):
+            return obj if obj is not None else (lambda o: o)
+
+    if config == 'ConStyleNAFNet':
+        _stub_package('utils', osp.join(root, 'utils'))
+        _stub_package('utils.registry', ARCH_REGISTRY=NoRegistry(), LOSS_REGISTRY=NoRegistry(),
+                      MODEL_REGISTRY=NoRegistry())
+        _stub_package('archs', osp.join(root, 'archs'))
+        _stub_package('losses', osp.join(root, 'losses'))
+        return (importlib.import_module('archs.ConStyle_NAFNet_arch'), importlib.import_module('losses.basic_loss'))
+    _stub_package('basicsr', osp.join(root, 'basicsr'))
+    _stub_package('basicsr.utils', get_root_logger=lambda *a, **k: logging.getLogger('upstream'))
+    _stub_package('basicsr.models', osp.join(root, 'basicsr', 'models'))
+    _stub_package('basicsr.models.archs', osp.join(root, 'basicsr', 'models', 'archs'))
+    return importlib.import_module('basicsr.models.archs.NAFNet_arch'), None
+
+
+def upstream_step_fn(config, root, weights, device):
+    """Upstream's training step, built from its own arch (and loss) code with irtoolkit's initial weights.
+
+    ConStyleNAFNet follows upstream's ``ConStyleModel.optimize_parameters`` (models/ConStyle_model.py, which needs the
+    whole basicsr fork to import, so its few lines are restated here): ``net.ConStyle(lq, gt)`` then ``net(lq, q[1],
+    feas)``; L1 + CrossEntropy(logits, 0) + Content(q[1], k) + Style of the (B x B) similarities / n; EMA 0.999 of
+    the parameters (before the step, as upstream); backward; AdamW. NAFNet: L1, EMA, backward, AdamW.
+    """
+    import copy
+
+    import torch
+    arch, losses = import_upstream(config, root)
+    if config == 'ConStyleNAFNet':
+        if not torch.cuda.is_available():  # upstream's train_forward builds its labels with .cuda()
+            torch.Tensor.cuda = lambda self, *a, **k: self
+        net = arch.ConStyleNAFNet()
+        l1, content, style = losses.L1Loss(), losses.ContentLoss(), losses.StyleLoss()
+        cross_entropy = torch.nn.CrossEntropyLoss()
+    else:
+        net = arch.NAFNet(**{k: v for k, v in MODELS['NAFNet'][1].items() if k != 'type'})
+        l1 = torch.nn.L1Loss()
+    theirs = net.state_dict()
+    missing = [k for k in theirs if k not in weights or weights[k].shape != theirs[k].shape]
+    if missing:
+        raise RuntimeError(f'upstream {config}: {len(missing)} keys without an irtoolkit counterpart: {missing[:5]}')
+    net.load_state_dict({k: weights[k] for k in theirs})
+    net = net.to(device).train()
+    ema = copy.deepcopy(net).eval()
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], **ADAMW)
+
+    def model_ema(decay=0.999):  # upstream's BaseModel.model_ema
+        src = dict(net.named_parameters())
+        for k, p in ema.named_parameters():
+            p.data.mul_(decay).add_(src[k].data, alpha=1 - decay)
+
+    def step(lq, gt):
+        optimizer.zero_grad()
+        terms = {}
+        if config == 'ConStyleNAFNet':
+            query, pos, neg, logits, labels, feas = net.ConStyle(lq, gt)
+            output = net(lq, query[1], feas)
+            terms['pix'] = l1(output, gt)
+            terms['infonce'] = cross_entropy(logits, labels)
+            terms['content'] = content(query[1], pos)
+            n = query[0].shape[-1] * query[0].shape[-2]
+            terms['style'] = (style(query[0] @ query[0].T / n, neg[0] @ neg[0].T / n)
+                              + style(query[1] @ query[1].T / n, neg[1] @ neg[1].T / n))
+        else:
+            terms['pix'] = l1(net(lq), gt)
+        total = sum(terms.values())
+        model_ema(0.999)
+        total.backward()
+        optimizer.step()
+        return dict({k: float(v.detach()) for k, v in terms.items()}, total=float(total.detach()))
+    return step
+
+
+def irtoolkit_model(name, device):
+    import torch  # noqa: F401
+
+    import irtoolkit  # noqa: F401  (registers everything)
+    from irtoolkit.engine.runner import set_random_seed
+    from irtoolkit.utils.registry import build_model
+    model_type, net, extra = MODELS[name]
+    train = {'optim_g': dict(ADAMW, type='AdamW', betas=list(ADAMW['betas'])), 'pixel_opt': {'type': 'L1Loss'},
+             'ema_decay': 0.999, **extra}
+    opt = {'name': 'bench', 'model_type': model_type, 'is_train': True, 'num_gpu': int(device == 'cuda'),
+           'device': device, 'manual_seed': 0, 'network_g': net, 'train': train, 'path': {}}
+    set_random_seed(0)
+    return build_model(opt)
+
+
+def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0):
+    """One process, one implementation: per-step times, first-step losses, peak RSS (JSON on stdout)."""
+    import gc
+
+    import torch
+    sub, name = VS_CONFIGS[config]
+    if impl == 'upstream':
+        # irtoolkit's initial weights (same seed as irtoolkit_model, whose first draw is the network): the network
+        # alone, so that no irtoolkit model setting (e.g. the CPU allocator's) reaches upstream's process
+        import irtoolkit  # noqa: F401  (registers everything)
+        from irtoolkit.engine.runner import set_random_seed
+        from irtoolkit.utils.registry import build_network
+        set_random_seed(0)
+        net = build_network(dict(MODELS[name][1]))
+        weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        del net
+        gc.collect()
+        step = upstream_step_fn(config, osp.join(root, sub), weights, device)
+        del weights
+    else:
+        model = irtoolkit_model(name, device)
+
+        def step(lq, gt):
+            model.feed_data({'lq': lq, 'gt': gt})
+            model.optimize_parameters(step.it)
+            step.it += 1
+            log = model.get_current_log()
+            out = {k[2:]: float(v) for k, v in log.items() if k.startswith('l_')}
+            out['pix'] = out.pop('pix', out.pop('pixel', float('nan')))
+            out.setdefault('total', sum(v for k, v in out.items()))
+            return out
+        step.it = 1
+    g = torch.Generator().manual_seed(0)
+    lq, gt = torch.rand(batch, 3, size, size, generator=g), torch.rand(batch, 3, size, size, generator=g)
+    lq, gt = lq.to(device), gt.to(device)
+    first = step(lq, gt)
+    for _ in range(warmup - 1):
+        step(lq, gt)
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as prof
+        with prof(activities=[ProfilerActivity.CPU]) as p:
+            step(lq, gt)
+        print(p.key_averages().table(sort_by='self_cpu_time_total', row_limit=profile), file=sys.stderr)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step(lq, gt)
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import statistics
+    print(json.dumps({'impl': impl, 'config': config, 's_it': statistics.median(times), 'times': times,
+                      'peak_mib': peak, 'losses': first}))
+
+
+def vs_main(args):
+    import statistics
+
+    import torch
+    root = osp.abspath(args.vs_upstream)
+    configs = [c for c in args.vs_configs if osp.isdir(osp.join(root, VS_CONFIGS[c][0]))]
+    if not configs:
+        sys.exit(f'--vs-upstream {root}: none of {[VS_CONFIGS[c][0] for c in args.vs_configs]} in it')
+    load = os.getloadavg()
+    print(f'# training step vs upstream ({root}), batch {args.batch}, {args.size}x{args.size}, {args.device}, '
+          f'{torch.get_num_threads()} threads, torch {torch.__version__}, {args.warmup} warm-up + {args.iters} timed '
+          f'steps per process, {args.repeats} alternating processes each; load average {load[0]:.2f} at start',
+          flush=True)
+    results = {(c, i): [] for c in configs for i in ('upstream', 'irtoolkit')}
+    for rep in range(args.repeats):
+        for c in configs:
+            for impl in (('upstream', 'irtoolkit') if rep % 2 == 0 else ('irtoolkit', 'upstream')):
+                cmd = [sys.executable, osp.abspath(__file__), '--vs-worker', impl, c, '--vs-upstream', root,
+                       '--device', args.device, '--batch', str(args.batch), '--size', str(args.size),
+                       '--warmup', str(args.warmup), '--iters', str(args.iters)] + \
+                    (['--threads', str(args.threads)] if args.threads else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
+                if proc.returncode or not lines:
+                    print(f'# {c} {impl} run {rep}: failed: {proc.stderr.strip()[-2000:]}', flush=True)
+                    continue
+                r = json.loads(lines[-1])
+                results[(c, impl)].append(r)
+                print(f'# run {rep} {c:15s} {impl:9s} {r["s_it"]:7.2f} s/step  peak {r["peak_mib"]:7.0f} MiB  '
+                      f'steps {" ".join(f"{t:.2f}" for t in r["times"])}  load {os.getloadavg()[0]:.2f}', flush=True)
+    print(f'\nload average at end {os.getloadavg()[0]:.2f}')
+    print('| step | upstream s/step (median) | irtoolkit s/step (median) | speed-up | upstream peak RSS MiB | '
+          'irtoolkit peak RSS MiB | runs | first-step losses (max abs diff) |')
+    print('|---|---:|---:|---:|---:|---:|---:|---|')
+    for c in configs:
+        up, ours = results[(c, 'upstream')], results[(c, 'irtoolkit')]
+        if not up or not ours:
+            print(f'| {c} | missing runs ||||||')
+            continue
+        t_up = statistics.median(r['s_it'] for r in up)
+        t_ours = statistics.median(r['s_it'] for r in ours)
+        m_up = statistics.median(r['peak_mib'] for r in up)
+        m_ours = statistics.median(r['peak_mib'] for r in ours)
+        lu, lo = up[0]['losses'], ours[0]['losses']
+        diff = max(abs(lu[k] - lo[k]) for k in lu if k in lo)
+        terms = ', '.join(f'{k} {lu[k]:.5g}/{lo.get(k, float("nan")):.5g}' for k in lu)
+        print(f'| {c} | {t_up:.2f} | {t_ours:.2f} | {t_up / t_ours:.2f}x | {m_up:.0f} | {m_ours:.0f} | '
+              f'{len(up)}+{len(ours)} | {terms} ({diff:.2e}) |', flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--models', nargs='+', default=DEFAULT, choices=list(MODELS))
@@ -87,13 +313,25 @@ def main():
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--iters', type=int, default=3)
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    p.add_argument('--vs-upstream', metavar='DIR', default=None,
+                   help='time upstream (DIR/IRConStyle, DIR/NAFNet checkouts) against irtoolkit, alternating')
+    p.add_argument('--vs-configs', nargs='+', default=list(VS_CONFIGS), choices=list(VS_CONFIGS))
+    p.add_argument('--repeats', type=int, default=3, help='--vs-upstream: processes per implementation')
+    p.add_argument('--profile', type=int, default=0, metavar='N',
+                   help='--vs-worker: print the top N ops of one step (torch.profiler) to stderr')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+    p.add_argument('--vs-worker', nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     if args.worker:
         return worker(args.worker, args.device, args.batch, args.size, args.warmup, args.iters)
+    if args.vs_worker:
+        return vs_worker(args.vs_worker[0], args.vs_worker[1], args.vs_upstream, args.device, args.batch, args.size,
+                         args.warmup, args.iters, args.profile)
+    if args.vs_upstream:
+        return vs_main(args)
     import torch
     info = torch.cuda.get_device_name(0) if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'# training step, batch {args.batch}, {args.size}x{args.size}, {args.device} ({info}), '
