@@ -16,7 +16,6 @@ from irtk_testutils import REPO, write_options
 from irtoolkit.engine.runner import build_model
 from irtoolkit.utils.options import parse_options
 from irtoolkit.utils.recipe import load_recipe
-from irtoolkit.utils.registry import build_network
 
 
 def parse_table(text):
@@ -139,19 +138,6 @@ g_gan        x     -     -           -       -
 cluster      x     -     x           -       -
 consistency  x     -     -           -       -
 """
-
-
-@pytest.fixture
-def teachers(tmp_path):
-    paths = {}
-    for i, lab in enumerate(LABELS):
-        torch.manual_seed(100 + i)
-        net = build_network(NET)
-        for p in net.parameters():  # NAFNet's zero-initialised scales would make every teacher the identity
-            p.data.add_(0.05 * torch.randn_like(p))
-        paths[lab] = str(tmp_path / f'teacher_{lab}.pth')
-        torch.save({'params': net.state_dict()}, paths[lab])
-    return paths
 
 
 def stage1_model(tmp, data_root, teachers, **uni):

@@ -13,24 +13,10 @@ from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.utils.options import parse_options
 from irtoolkit.utils.recipe import load_recipe
-from irtoolkit.utils.registry import OptionError, build_network
+from irtoolkit.utils.registry import OptionError
 
 NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
 LABELS = ('haze', 'rain', 'blur')
-
-
-@pytest.fixture
-def teachers(tmp_path):
-    """One checkpoint per degradation (distinct random weights: stand-ins for trained teachers)."""
-    paths = {}
-    for i, lab in enumerate(LABELS):
-        torch.manual_seed(100 + i)
-        net = build_network(NET)
-        for p in net.parameters():  # NAFNet's zero-initialised scales would make every teacher the identity
-            p.data.add_(0.05 * torch.randn_like(p))
-        paths[lab] = str(tmp_path / f'teacher_{lab}.pth')
-        torch.save({'params': net.state_dict()}, paths[lab])
-    return paths
 
 
 def stage1_recipe(data_root, teachers, name='uni1', iters=20):
