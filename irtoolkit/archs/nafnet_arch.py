@@ -31,8 +31,10 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2).contiguous()  # NCHW again: mixed layouts downstream cost copies at every op
+        # back to contiguous NCHW: a channels-last strided output made the next 1x1 conv and the residual adds
+        # convert layouts (copy_ was ~1.5 s of an 8 s ConStyleNAFNet step at one thread; docs/performance.md)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
 
 
 class SimpleGate(nn.Module):
