@@ -168,7 +168,7 @@ class UniRemovalStage1Model(BaseModel):
                     self.labels):
                 idx.append(lab)  # integer labels index the teachers list
             else:
-                raise ValueError(f'UniRemovalModel: batch label {lab!r} has no teacher (teachers: {self.labels})')
+                raise ValueError(f'UniRemovalStage1Model: batch label {lab!r} has no teacher (teachers: {self.labels})')
         return torch.tensor(idx, device=self.device)
 
     @staticmethod
