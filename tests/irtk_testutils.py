@@ -110,3 +110,15 @@ def write_options(opt, path):
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
     return str(path)
+
+
+def read_key_list(path):
+    """``[(key, shape, dtype)]`` of an upstream state-dict key list (``key<TAB>shape<TAB>dtype`` lines)."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            if line.startswith('#') or not line.strip():
+                continue
+            key, shape, dtype = line.rstrip('\n').split('\t')
+            rows.append((key, tuple(int(s) for s in shape.strip('()').split(',') if s.strip()), dtype))
+    return rows

@@ -6,6 +6,7 @@ visualization}``, the log and an options copy in ``experiments/<name>``, TensorB
 test outputs in ``results/<name>``.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -296,11 +297,8 @@ class Trainer:
         self.current_iter += 1
         self.batch_idx += len(micro)
         self.model.update_learning_rate(self.current_iter, self.opt['train'].get('warmup_iter', -1))
-        if len(micro) == 1:
-            self.model.feed_data(micro[0])
-            self.model.optimize_parameters(self.current_iter)
-        for k, batch in enumerate(micro if len(micro) > 1 else []):
-            with self.model.micro_batch(k, len(micro)):
+        for k, batch in enumerate(micro):  # one batch: no micro-batch context (basicsr models have none)
+            with self.model.micro_batch(k, len(micro)) if len(micro) > 1 else contextlib.nullcontext():
                 self.model.feed_data(batch)
                 self.model.optimize_parameters(self.current_iter)
         self.progress.update(self.current_iter, self.epoch, self.model.get_current_learning_rate(),

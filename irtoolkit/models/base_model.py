@@ -34,7 +34,7 @@ import torch
 
 from irtoolkit.models.nonfinite import NonFiniteError, NonFiniteGuard
 from irtoolkit.models.validation import ImageValidation
-from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, load_checkpoint, read_state_dict
+from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, load_checkpoint, load_state_into, read_state_dict
 from irtoolkit.utils.dist import bare, get_dist_info, reduce_mean, run_device, wrap_ddp
 from irtoolkit.utils.optim import build_optimizer, build_scheduler
 from irtoolkit.utils.registry import OptionError, build_loss, build_network
@@ -191,8 +191,10 @@ class BaseModel(ImageValidation):
             return None
         ema = deepcopy(bare(self.networks[name])).eval().requires_grad_(False)
         load_path = (self.opt.get('path') or {}).get(f'pretrain_network_{name[4:]}')
-        if load_path and read_state_dict(load_path, 'auto')[1] == 'params_ema':  # start from the file's EMA
-            self.load_network(ema, load_path, True, 'params_ema')
+        if load_path:  # start from the file's EMA when it has one
+            state, used = read_state_dict(load_path, 'auto')
+            if used == 'params_ema':
+                load_state_into(ema, state, True, f'{load_path} (params_ema)')
         self.ema_networks[name] = ema
         self.ema_decay = decay
         return ema

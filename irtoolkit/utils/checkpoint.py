@@ -8,6 +8,7 @@ import re
 import numpy as np
 import torch
 
+from irtoolkit.utils.dist import bare
 from irtoolkit.utils.errors import UserError
 
 
@@ -106,12 +107,6 @@ def latest_usable_state(states_dir, models_dir, warn=print):
     return None, None
 
 
-def latest_training_state(states_dir):
-    """Path of the ``<iter>.state`` with the highest iteration in ``states_dir``, or None."""
-    states = _training_states(states_dir)
-    return states[0] if states else None
-
-
 def prune_checkpoints(models_dir, states_dir, keep):
     """Keep the ``keep`` most recent periodic checkpoints (``latest`` is never removed)."""
     if not keep or keep <= 0:
@@ -147,7 +142,7 @@ def read_state_dict(path, param_key='params'):
 def load_state_into(net, state, strict=True, source='state dict'):
     """Load ``state`` into ``net`` (its bare module); archs with their own key handling (``load_checkpoint_state``,
     e.g. ConStyle's upstream key map) get it first. A key or shape mismatch names ``source`` and the network."""
-    target = net.module if hasattr(net, 'module') and isinstance(net.module, torch.nn.Module) else net
+    target = bare(net)
     try:
         if hasattr(target, 'load_checkpoint_state'):
             return target.load_checkpoint_state(state, strict=strict)

@@ -16,6 +16,7 @@ import zlib
 
 import pytest
 import torch
+from irtk_testutils import read_key_list
 
 from irtoolkit.archs.arch_util import pad_to_multiple
 from irtoolkit.utils.registry import build_network
@@ -121,14 +122,7 @@ def run_small(name):
 
 
 def upstream_keys(arch):
-    rows = []
-    with open(osp.join(HERE, f'test_constyle_keys_{arch}.txt')) as f:
-        for line in f:
-            if line.startswith('#') or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip('\n').split('\t')
-            rows.append((key, tuple(int(s) for s in shape.strip('()').split(',') if s.strip()), dtype))
-    return rows
+    return read_key_list(osp.join(HERE, f'test_constyle_keys_{arch}.txt'))
 
 
 def meta_build(arch, **kwargs):

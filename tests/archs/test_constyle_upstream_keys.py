@@ -8,9 +8,10 @@ import os.path as osp
 
 import pytest
 import torch
+from irtk_testutils import read_key_list
 
-from irtoolkit.utils.checkpoint import atomic_save
 from irtoolkit.models.base_model import BaseModel
+from irtoolkit.utils.checkpoint import atomic_save
 from irtoolkit.utils.registry import build_network
 
 HERE = osp.dirname(osp.abspath(__file__))
@@ -18,14 +19,7 @@ KEY_ENCODER = ('ConStyle.encoder_k.', 'ConStyle.queue')
 
 
 def upstream_keys(arch):
-    rows = []
-    with open(osp.join(HERE, f'test_constyle_keys_{arch}.txt')) as f:
-        for line in f:
-            if line.startswith('#') or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip('\n').split('\t')
-            rows.append((key, tuple(int(s) for s in shape.strip('()').split(',') if s.strip()), dtype))
-    return rows
+    return read_key_list(osp.join(HERE, f'test_constyle_keys_{arch}.txt'))
 
 
 def upstream_state(arch, seed=0):
