@@ -120,43 +120,58 @@ def bench_eval(metrics, batch_size, workers, repeats):
 
 
 # ------------------------------------------------------------------------------------------------ inference
-def infer_worker(size, tile, overlap, tile_batch):
-    """Run in a fresh process: one NAFNet-w32 forward of a size x size image; prints a JSON line."""
+def infer_worker(size, tile, overlap, tile_batch, glibc_default=0):
+    """Run in a fresh process: one NAFNet-w32 forward of a size x size image; prints a JSON line.
+
+    ``glibc_default``: leave glibc's allocator as it is (``compat.keep_freed_memory`` skipped), the "before" arm."""
     import resource
     import torch
     import irtoolkit  # noqa: F401
+    from irtoolkit import compat
     from irtoolkit.inference.tiling import tiled_forward
     from irtoolkit.utils.registry import build_network
+    if glibc_default:
+        compat._MALLOC_TUNED = True  # as if already tuned: keep_freed_memory() does nothing
     torch.manual_seed(0)
     net = build_network(NAFNET_W32).eval()
     img = torch.rand(1, 3, size, size)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     out = tiled_forward(net, img, tile=tile, overlap=overlap, align=net.padder_size, batch_size=tile_batch)
     elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux -> GiB
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    peak = after.ru_maxrss / 2 ** 20  # KiB on Linux -> GiB
     assert out.shape == img.shape
-    print(json.dumps({'size': size, 'tile': tile, 'seconds': elapsed, 'peak_gib': peak, 'before_gib': rss_before}))
+    print(json.dumps({'size': size, 'tile': tile, 'seconds': elapsed, 'user_s': after.ru_utime - usage.ru_utime,
+                      'sys_s': after.ru_stime - usage.ru_stime, 'peak_gib': peak, 'before_gib': rss_before,
+                      'allocator': 'glibc default' if glibc_default else 'keep_freed_memory'}))
 
 
-def bench_infer(sizes, tiles, overlap, tile_batch, untiled_max):
+def bench_infer(sizes, tiles, overlap, tile_batch, untiled_max, allocators=('kept', )):
+    """One process per (size, tiling, allocator); ``allocators``: 'kept' (irtoolkit's setting) and/or 'default'
+    (glibc untouched), alternating within each configuration."""
     rows = []
     configs = [(s, t) for s in sizes for t in tiles] + [(s, 0) for s in sizes if s <= untiled_max]
     for size, tile in configs:
-        cmd = [sys.executable, osp.abspath(__file__), '--worker', str(size), str(tile), str(overlap), str(tile_batch)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
-        if proc.returncode != 0 or not lines:
-            print(f'size {size} tile {tile}: failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}')
-            continue
-        rows.append(json.loads(lines[-1]))
-    print(f'\nNAFNet width 32 (SIDD config, {sum(1 for _ in [0])} image per run), CPU, '
-          f'{os.environ.get("OMP_NUM_THREADS", "default")} OMP threads; overlap {overlap}, {tile_batch} tile(s)/pass')
-    print('| image | tiling | time (s) | peak RSS (GiB, whole process) | RSS before the forward (GiB) |')
-    print('|---|---|---:|---:|---:|')
+        for alloc in allocators:
+            cmd = [sys.executable, osp.abspath(__file__), '--worker', str(size), str(tile), str(overlap),
+                   str(tile_batch), str(int(alloc == 'default'))]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
+            if proc.returncode != 0 or not lines:
+                print(f'size {size} tile {tile}: failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}')
+                continue
+            rows.append(json.loads(lines[-1]))
+    print(f'\nNAFNet width 32 (SIDD config, one image per run), CPU, {os.environ.get("OMP_NUM_THREADS", "default")} '
+          f'OMP threads; overlap {overlap}, {tile_batch} tile(s)/pass; load average {os.getloadavg()[0]:.2f} at end')
+    print('| image | tiling | allocator | time (s) | user CPU (s) | system CPU (s) | peak RSS (GiB, whole process) | '
+          'RSS before the forward (GiB) |')
+    print('|---|---|---|---:|---:|---:|---:|---:|')
     for r in rows:
         tiling = f'{r["tile"]}^2 tiles' if r['tile'] else 'none (whole image)'
-        print(f'| {r["size"]}^2 | {tiling} | {r["seconds"]:.1f} | {r["peak_gib"]:.2f} | {r["before_gib"]:.2f} |')
+        print(f'| {r["size"]}^2 | {tiling} | {r["allocator"]} | {r["seconds"]:.1f} | {r["user_s"]:.1f} | '
+              f'{r["sys_s"]:.1f} | {r["peak_gib"]:.2f} | {r["before_gib"]:.2f} |')
     big = [r for r in rows if r['size'] >= 2048 and r['tile']]
     if big:
         print(f'2048^2 tiled peak: {min(r["peak_gib"] for r in big):.2f} GiB (target < 4 GB)')
@@ -202,7 +217,9 @@ def main(argv=None):
     p.add_argument('--untiled-max', type=int, default=1024, help='largest size also run without tiling')
     p.add_argument('--tiling-check', nargs=3, metavar=('OPTIONS', 'CKPT', 'FOLDER'),
                    help='also compare tiled and whole-image outputs of a trained network on FOLDER (--tiles[0])')
-    p.add_argument('--worker', nargs=4, type=int, help=argparse.SUPPRESS)
+    p.add_argument('--allocator', nargs='+', choices=['kept', 'default'], default=['kept'],
+                   help="CPU inference: irtoolkit's allocator setting (kept) and/or glibc's default, one process each")
+    p.add_argument('--worker', nargs=5, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return infer_worker(*args.worker)
@@ -211,7 +228,7 @@ def main(argv=None):
     if args.part in ('eval', 'all'):
         bench_eval(args.metrics, args.batch_size, args.workers, args.repeats)
     if args.part in ('infer', 'all'):
-        bench_infer(args.sizes, args.tiles, args.overlap, args.tile_batch, args.untiled_max)
+        bench_infer(args.sizes, args.tiles, args.overlap, args.tile_batch, args.untiled_max, args.allocator)
 
 
 if __name__ == '__main__':

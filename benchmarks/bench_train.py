@@ -185,22 +185,24 @@ def upstream_step_fn(config, root, weights, device):
     return step
 
 
-def irtoolkit_model(name, device):
+def irtoolkit_model(name, device, speed=None):
     import torch  # noqa: F401
 
     import irtoolkit  # noqa: F401  (registers everything)
     from irtoolkit.engine.runner import set_random_seed
+    from irtoolkit.utils.options import model_schema
     from irtoolkit.utils.registry import build_model
+    from irtoolkit.utils.schema import fill_defaults
     model_type, net, extra = MODELS[name]
     train = {'optim_g': dict(ADAMW, type='AdamW', betas=list(ADAMW['betas'])), 'pixel_opt': {'type': 'L1Loss'},
-             'ema_decay': 0.999, **extra}
+             'ema_decay': 0.999, **extra, **(speed or {})}
     opt = {'name': 'bench', 'model_type': model_type, 'is_train': True, 'num_gpu': int(device == 'cuda'),
            'device': device, 'manual_seed': 0, 'network_g': net, 'train': train, 'path': {}}
     set_random_seed(0)
-    return build_model(opt)
+    return build_model(fill_defaults(opt, model_schema(model_type)))  # the defaults a recipe run gets
 
 
-def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0):
+def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0, speed=None):
     """One process, one implementation: per-step times, first-step losses, peak RSS (JSON on stdout)."""
     import gc
 
@@ -220,7 +222,7 @@ def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0)
         step = upstream_step_fn(config, osp.join(root, sub), weights, device)
         del weights
     else:
-        model = irtoolkit_model(name, device)
+        model = irtoolkit_model(name, device, speed)
 
         def step(lq, gt):
             model.feed_data({'lq': lq, 'gt': gt})
@@ -244,17 +246,49 @@ def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0)
             step(lq, gt)
         print(p.key_averages().table(sort_by='self_cpu_time_total', row_limit=profile), file=sys.stderr)
     times = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(iters):
         start = time.perf_counter()
         step(lq, gt)
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after = resource.getrusage(resource.RUSAGE_SELF)
     import statistics
     print(json.dumps({'impl': impl, 'config': config, 's_it': statistics.median(times), 'times': times,
-                      'peak_mib': peak, 'losses': first}))
+                      'user_s': (after.ru_utime - before.ru_utime) / iters,
+                      'sys_s': (after.ru_stime - before.ru_stime) / iters,
+                      'peak_mib': after.ru_maxrss / 1024, 'losses': first}))
+
+
+def parse_variants(items):
+    """``LABEL=JSON`` items of ``--ours`` -> {label: train options}; a bad item stops with one line."""
+    variants = {}
+    for item in items:
+        label, sep, text = item.partition('=')
+        try:
+            variants[label] = json.loads(text) if sep else None
+        except json.JSONDecodeError as e:
+            sys.exit(f'--ours {item}: not LABEL=JSON ({e})')
+        if not sep or not isinstance(variants[label], dict):
+            sys.exit(f'--ours {item}: expected LABEL=JSON with a JSON object of train.* options')
+    return variants
+
+
+def vs_run(args, root, config, impl, speed):
+    """One worker process; its JSON result, or None (reported) when it failed."""
+    cmd = [sys.executable, osp.abspath(__file__), '--vs-worker', impl, config, '--vs-upstream', root,
+           '--device', args.device, '--batch', str(args.batch), '--size', str(args.size), '--warmup',
+           str(args.warmup), '--iters', str(args.iters), '--speed', json.dumps(speed or {})] + \
+        (['--threads', str(args.threads)] if args.threads else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
+    if proc.returncode or not lines:
+        print(f'# {config} {impl}: failed: {proc.stderr.strip()[-2000:]}', flush=True)
+        return None
+    return json.loads(lines[-1])
 
 
 def vs_main(args):
+    """Upstream and every irtoolkit variant of ``--ours``, one process each, in an order rotated every repeat."""
     import statistics
 
     import torch
@@ -262,46 +296,46 @@ def vs_main(args):
     configs = [c for c in args.vs_configs if osp.isdir(osp.join(root, VS_CONFIGS[c][0]))]
     if not configs:
         sys.exit(f'--vs-upstream {root}: none of {[VS_CONFIGS[c][0] for c in args.vs_configs]} in it')
+    variants = parse_variants(args.ours)
+    sides = [('upstream', None)] + list(variants.items())
     load = os.getloadavg()
     print(f'# training step vs upstream ({root}), batch {args.batch}, {args.size}x{args.size}, {args.device}, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}, {args.warmup} warm-up + {args.iters} timed '
-          f'steps per process, {args.repeats} alternating processes each; load average {load[0]:.2f} at start',
+          f'steps per process, {args.repeats} rotating processes each; irtoolkit variants '
+          f'{", ".join(f"{k}={json.dumps(v)}" for k, v in variants.items())}; load average {load[0]:.2f} at start',
           flush=True)
-    results = {(c, i): [] for c in configs for i in ('upstream', 'irtoolkit')}
+    results = {(c, label): [] for c in configs for label, _ in sides}
     for rep in range(args.repeats):
         for c in configs:
-            for impl in (('upstream', 'irtoolkit') if rep % 2 == 0 else ('irtoolkit', 'upstream')):
-                cmd = [sys.executable, osp.abspath(__file__), '--vs-worker', impl, c, '--vs-upstream', root,
-                       '--device', args.device, '--batch', str(args.batch), '--size', str(args.size),
-                       '--warmup', str(args.warmup), '--iters', str(args.iters)] + \
-                    (['--threads', str(args.threads)] if args.threads else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
-                if proc.returncode or not lines:
-                    print(f'# {c} {impl} run {rep}: failed: {proc.stderr.strip()[-2000:]}', flush=True)
+            order = sides[rep % len(sides):] + sides[:rep % len(sides)]
+            for label, speed in order:
+                r = vs_run(args, root, c, 'upstream' if speed is None else 'irtoolkit', speed)
+                if r is None:
                     continue
-                r = json.loads(lines[-1])
-                results[(c, impl)].append(r)
-                print(f'# run {rep} {c:15s} {impl:9s} {r["s_it"]:7.2f} s/step  peak {r["peak_mib"]:7.0f} MiB  '
-                      f'steps {" ".join(f"{t:.2f}" for t in r["times"])}  load {os.getloadavg()[0]:.2f}', flush=True)
+                results[(c, label)].append(r)
+                print(f'# run {rep} {c:15s} {label:12s} {r["s_it"]:7.2f} s/step  peak {r["peak_mib"]:7.0f} MiB  '
+                      f'steps {" ".join(f"{t:.2f}" for t in r["times"])}  user {r["user_s"]:.1f} '
+                      f'sys {r["sys_s"]:.1f} s/step  load {os.getloadavg()[0]:.2f}', flush=True)
     print(f'\nload average at end {os.getloadavg()[0]:.2f}')
-    print('| step | upstream s/step (median) | irtoolkit s/step (median) | speed-up | upstream peak RSS MiB | '
-          'irtoolkit peak RSS MiB | runs | first-step losses (max abs diff) |')
-    print('|---|---:|---:|---:|---:|---:|---:|---|')
+    print('| step | implementation | s/step (median) | speed-up vs upstream | peak RSS MiB (median) | runs | '
+          'first-step losses (max abs diff to upstream) |')
+    print('|---|---|---:|---:|---:|---:|---|')
     for c in configs:
-        up, ours = results[(c, 'upstream')], results[(c, 'irtoolkit')]
-        if not up or not ours:
-            print(f'| {c} | missing runs ||||||')
-            continue
-        t_up = statistics.median(r['s_it'] for r in up)
-        t_ours = statistics.median(r['s_it'] for r in ours)
-        m_up = statistics.median(r['peak_mib'] for r in up)
-        m_ours = statistics.median(r['peak_mib'] for r in ours)
-        lu, lo = up[0]['losses'], ours[0]['losses']
-        diff = max(abs(lu[k] - lo[k]) for k in lu if k in lo)
-        terms = ', '.join(f'{k} {lu[k]:.5g}/{lo.get(k, float("nan")):.5g}' for k in lu)
-        print(f'| {c} | {t_up:.2f} | {t_ours:.2f} | {t_up / t_ours:.2f}x | {m_up:.0f} | {m_ours:.0f} | '
-              f'{len(up)}+{len(ours)} | {terms} ({diff:.2e}) |', flush=True)
+        up = results[(c, 'upstream')]
+        t_up = statistics.median(r['s_it'] for r in up) if up else float('nan')
+        for label, _ in sides:
+            rs = results[(c, label)]
+            if not rs:
+                print(f'| {c} | {label} | missing runs |||||')
+                continue
+            t = statistics.median(r['s_it'] for r in rs)
+            lo = rs[0]['losses']
+            lu = up[0]['losses'] if up else {}
+            diff = max((abs(lu[k] - lo[k]) for k in lu if k in lo), default=float('nan'))
+            terms = ', '.join(f'{k} {v:.5g}' for k, v in lo.items())
+            print(f'| {c} | {"upstream" if label == "upstream" else "irtoolkit " + label} | {t:.2f} | '
+                  f'{t_up / t:.2f}x | {statistics.median(r["peak_mib"] for r in rs):.0f} | {len(rs)} | '
+                  f'{terms} ({diff:.2e}) |', flush=True)
 
 
 def main():
@@ -319,6 +353,10 @@ def main():
     p.add_argument('--repeats', type=int, default=3, help='--vs-upstream: processes per implementation')
     p.add_argument('--profile', type=int, default=0, metavar='N',
                    help='--vs-worker: print the top N ops of one step (torch.profiler) to stderr')
+    p.add_argument('--ours', nargs='+', default=['default={}'], metavar='LABEL=JSON',
+                   help='--vs-upstream: irtoolkit variants, each a label and its train.* speed options, e.g. '
+                   '\'cl={"channels_last": true}\' (default: default={})')
+    p.add_argument('--speed', default='{}', help=argparse.SUPPRESS)
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     p.add_argument('--vs-worker', nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -329,7 +367,7 @@ def main():
         return worker(args.worker, args.device, args.batch, args.size, args.warmup, args.iters)
     if args.vs_worker:
         return vs_worker(args.vs_worker[0], args.vs_worker[1], args.vs_upstream, args.device, args.batch, args.size,
-                         args.warmup, args.iters, args.profile)
+                         args.warmup, args.iters, args.profile, json.loads(args.speed))
     if args.vs_upstream:
         return vs_main(args)
     import torch

@@ -198,9 +198,12 @@ def build_demo(root='datasets/demo', seed=0, n_train=128, n_unpaired=64, n_val=8
     args = (seed, n_train, n_unpaired, n_val, train_size, val_size, compress_level)
     workers = min(len(degs), workers or os.cpu_count() or 1)
     if workers > 1:
+        # spawned, not forked: a fork of a process whose OpenMP / OpenCV thread pools already ran can deadlock
+        # (seen under pytest), and a process pool reports a dead worker (BrokenProcessPool) where Pool waits forever
         import multiprocessing as mp
-        with mp.get_context('fork').Pool(workers) as pool:
-            for deg in pool.starmap(_build_one, [(root, d) + args for d in degs]):
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as pool:
+            for deg in pool.map(_build_one, *zip(*[(root, d) + args for d in degs])):
                 log(f'  {deg}: done')
     else:
         for d in degs:

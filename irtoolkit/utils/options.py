@@ -70,6 +70,9 @@ BASE_SCHEMA = {
         'compile': Option((bool, {'mode': str, 'backend': str}), doc='torch.compile the trainable networks: true, '
                           'or {mode: default|reduce-overhead|max-autotune, backend: inductor|aot_eager|...}'),
         'channels_last': Option(bool, doc='channels-last memory format for networks and image batches'),
+        'keep_freed_memory': Option(bool, default=True, doc='CPU, glibc: keep freed activations in the process '
+                                    'for the next step instead of unmapping them (saves page faults and zero-fill; '
+                                    'peak memory unchanged)'),
     },
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
             'max_save_images': int, 'val_on_rank0_only': bool},
