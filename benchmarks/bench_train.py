@@ -203,7 +203,8 @@ def irtoolkit_model(name, device, speed=None):
 
 
 def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0, speed=None):
-    """One process, one implementation: per-step times, first-step losses, peak RSS (JSON on stdout)."""
+    """One process, one implementation: per-step times, first-step losses, peak memory (CPU: max RSS; CUDA: max
+    allocated) and, on CUDA, the FLOPs of one step (torch's FlopCounterMode), as JSON on stdout."""
     import gc
 
     import torch
@@ -237,9 +238,18 @@ def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0,
     g = torch.Generator().manual_seed(0)
     lq, gt = torch.rand(batch, 3, size, size, generator=g), torch.rand(batch, 3, size, size, generator=g)
     lq, gt = lq.to(device), gt.to(device)
-    first = step(lq, gt)
+    flops = None
+    if device == 'cuda' and not (speed or {}).get('compile'):  # counted eagerly; a compiled step has the same math
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as counter:
+            first = step(lq, gt)
+        flops = counter.get_total_flops()
+    else:
+        first = step(lq, gt)
     for _ in range(warmup - 1):
         step(lq, gt)
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
     if profile:
         from torch.profiler import ProfilerActivity, profile as prof
         with prof(activities=[ProfilerActivity.CPU]) as p:
@@ -253,10 +263,12 @@ def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0,
         times.append(time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
     import statistics
+    # each step returns its losses as Python floats, so on CUDA every timed step ends synchronised
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == 'cuda' else after.ru_maxrss / 1024
     print(json.dumps({'impl': impl, 'config': config, 's_it': statistics.median(times), 'times': times,
                       'user_s': (after.ru_utime - before.ru_utime) / iters,
-                      'sys_s': (after.ru_stime - before.ru_stime) / iters,
-                      'peak_mib': after.ru_maxrss / 1024, 'losses': first}))
+                      'sys_s': (after.ru_stime - before.ru_stime) / iters, 'flops': flops,
+                      'peak_mib': peak, 'losses': first}))
 
 
 def parse_variants(items):
@@ -289,8 +301,6 @@ def vs_run(args, root, config, impl, speed):
 
 def vs_main(args):
     """Upstream and every irtoolkit variant of ``--ours``, one process each, in an order rotated every repeat."""
-    import statistics
-
     import torch
     root = osp.abspath(args.vs_upstream)
     configs = [c for c in args.vs_configs if osp.isdir(osp.join(root, VS_CONFIGS[c][0]))]
@@ -317,25 +327,36 @@ def vs_main(args):
                       f'steps {" ".join(f"{t:.2f}" for t in r["times"])}  user {r["user_s"]:.1f} '
                       f'sys {r["sys_s"]:.1f} s/step  load {os.getloadavg()[0]:.2f}', flush=True)
     print(f'\nload average at end {os.getloadavg()[0]:.2f}')
-    print('| step | implementation | s/step (median) | speed-up vs upstream | peak RSS MiB (median) | runs | '
-          'first-step losses (max abs diff to upstream) |')
-    print('|---|---|---:|---:|---:|---:|---|')
+    print_vs_table(configs, sides, results, args.peak_tflops)
+
+
+def print_vs_table(configs, sides, results, peak_tflops=None):
+    """Medians per (configuration, side), the ratio to upstream, memory, and on CUDA the achieved TFLOP/s (the
+    step's counted FLOPs over its median time) and its share of ``peak_tflops``."""
+    import statistics
+    memory = 'peak RSS MiB' if not any(r.get('flops') for rs in results.values() for r in rs) else 'peak MiB'
+    print(f'| step | implementation | s/step (median) | speed-up vs upstream | {memory} (median) | TFLOP/s | '
+          'of peak | runs | first-step losses (max abs diff to upstream) |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---|')
     for c in configs:
         up = results[(c, 'upstream')]
         t_up = statistics.median(r['s_it'] for r in up) if up else float('nan')
+        flops = max((r.get('flops') or 0 for label, _ in sides for r in results[(c, label)]), default=0)
         for label, _ in sides:
             rs = results[(c, label)]
             if not rs:
-                print(f'| {c} | {label} | missing runs |||||')
+                print(f'| {c} | {label} | missing runs |||||||')
                 continue
             t = statistics.median(r['s_it'] for r in rs)
             lo = rs[0]['losses']
             lu = up[0]['losses'] if up else {}
             diff = max((abs(lu[k] - lo[k]) for k in lu if k in lo), default=float('nan'))
             terms = ', '.join(f'{k} {v:.5g}' for k, v in lo.items())
-            print(f'| {c} | {"upstream" if label == "upstream" else "irtoolkit " + label} | {t:.2f} | '
-                  f'{t_up / t:.2f}x | {statistics.median(r["peak_mib"] for r in rs):.0f} | {len(rs)} | '
-                  f'{terms} ({diff:.2e}) |', flush=True)
+            tflops = flops / t / 1e12 if flops else None
+            share = f'{100 * tflops / peak_tflops:.1f}%' if tflops and peak_tflops else '-'
+            print(f'| {c} | {"upstream" if label == "upstream" else "irtoolkit " + label} | {t:.3g} | '
+                  f'{t_up / t:.2f}x | {statistics.median(r["peak_mib"] for r in rs):.0f} | '
+                  f'{f"{tflops:.1f}" if tflops else "-"} | {share} | {len(rs)} | {terms} ({diff:.2e}) |', flush=True)
 
 
 def main():
@@ -356,7 +377,11 @@ def main():
     p.add_argument('--ours', nargs='+', default=['default={}'], metavar='LABEL=JSON',
                    help='--vs-upstream: irtoolkit variants, each a label and its train.* speed options, e.g. '
                    '\'cl={"channels_last": true}\' (default: default={})')
-    p.add_argument('--speed', default='{}', help=argparse.SUPPRESS)
+    p.add_argument('--peak-tflops', type=float, default=None,
+                   help="--vs-upstream on CUDA: the card's peak (e.g. 989 for an H100/H200 SXM's dense bf16) for "
+                   'the utilisation column')
+    p.add_argument('--speed', default='{}', metavar='JSON',
+                   help="--vs-worker irtoolkit: the train.* speed options of that one process, e.g. with --profile")
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     p.add_argument('--vs-worker', nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

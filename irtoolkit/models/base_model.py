@@ -92,7 +92,7 @@ class BaseModel(ImageValidation):
         self.speed = {'channels_last': bool(train_opt.get('channels_last')),
                       'compile': ({} if compile_opt is True else dict(compile_opt or {})) if compile_opt else None}
         if self.device.type == 'cpu' and train_opt.get('keep_freed_memory'):
-            keep_freed_memory()  # glibc's unmap + refault of every step's activations: ~1/4 of a NAFNet CPU step
+            keep_freed_memory()  # else glibc unmaps and re-faults every step's activations (docs/performance.md)
 
     # ------------------------------------------------------------------ the steps a model overrides
     def setup_networks(self):

@@ -72,7 +72,7 @@ BASE_SCHEMA = {
         'channels_last': Option(bool, doc='channels-last memory format for networks and image batches'),
         'keep_freed_memory': Option(bool, default=True, doc='CPU, glibc: keep freed activations in the process '
                                     'for the next step instead of unmapping them (saves page faults and zero-fill; '
-                                    'peak memory unchanged)'),
+                                    'peak RSS about the same)'),
     },
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
             'max_save_images': int, 'val_on_rank0_only': bool},
