@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from irtk_testutils import REPO, write_options
+from irtk_testutils import REPO, shrink_recipe, write_options
 
 from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
@@ -22,23 +22,13 @@ SMALL_D = {'type': 'PatchGANDiscriminator', 'num_feat': 8, 'num_layers': 2}
 
 def small_recipe(data_root, name='cdd', iters=20):
     """The demo recipe on the tiny pairs (used as unpaired sets), with small networks and 32 px crops."""
-    opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
-    opt['name'] = name
-    tr, va = opt['datasets']['train'], opt['datasets']['val']
-    tr.update(dataroot_lq=osp.join(data_root, 'train/lq'), dataroot_gt=osp.join(data_root, 'train/gt'),
-              io_backend={'type': 'disk'}, gt_size=32, batch_size_per_gpu=2)
-    va.update(dataroot_lq=osp.join(data_root, 'val/lq'), dataroot_gt=osp.join(data_root, 'val/gt'),
-              io_backend={'type': 'disk'})
-    opt.update(network_g=SMALL_G, network_d=SMALL_D)
-    opt['network_n'].update(num_negatives=8, hidden_dim=16, queue_size=16)
-    opt['contrastive'].update(encoder={'type': 'self', 'layers': ['model.0', 'model.4', 'model.8', 'model.12']},
-                              num_patches=16, head={'out_dim': 16, 'hidden_dim': 16},
-                              clear_exemplar=['identity', 'positive'])
-    opt['train']['total_iter'] = iters
-    opt['train']['identity_opt'] = {'type': 'L1Loss', 'loss_weight': 0.5}
-    opt['val']['val_freq'] = 10
-    opt['logger'].update(print_freq=1, save_checkpoint_freq=10)
-    return opt
+    contrastive = dict(encoder={'type': 'self', 'layers': ['model.0', 'model.4', 'model.8', 'model.12']},
+                       num_patches=16, head={'out_dim': 16, 'hidden_dim': 16}, clear_exemplar=['identity', 'positive'])
+    return shrink_recipe(data_root, name, iters, recipe='train/CDDGAN/demo_CDDGAN_haze.yml', crop=32, batch=2,
+                         networks={'network_g': SMALL_G, 'network_d': SMALL_D,
+                                   'network_n': {'num_negatives': 8, 'hidden_dim': 16, 'queue_size': 16}},
+                         print_freq=1, update={'contrastive': contrastive,
+                                               'train': {'identity_opt': {'type': 'L1Loss', 'loss_weight': 0.5}}})
 
 
 def snapshot(model):

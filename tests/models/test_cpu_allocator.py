@@ -44,15 +44,21 @@ print(json.dumps({'before': before, 'after': mapped_while_allocated()}))
 
 
 def _probe(train):
-    proc = subprocess.run([sys.executable, '-c', PROBE, json.dumps(train), json.dumps(SMALL_NAFNET)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Start one interpreter on ``train``'s options; its result is read by :func:`_result`."""
+    return subprocess.Popen([sys.executable, '-c', PROBE, json.dumps(train), json.dumps(SMALL_NAFNET)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc):
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_cpu_training_model_keeps_freed_memory_unless_turned_off():
     # the option's default comes from the schema when options are resolved; the model acts on the resolved value
     from irtoolkit.utils.options import BASE_SCHEMA
     assert BASE_SCHEMA['train']['keep_freed_memory'].default is True
-    assert _probe({'keep_freed_memory': True}) == {'before': True, 'after': False}
-    assert _probe({'keep_freed_memory': False}) == {'before': True, 'after': True}
+    kept, default = _probe({'keep_freed_memory': True}), _probe({'keep_freed_memory': False})  # side by side
+    assert _result(kept) == {'before': True, 'after': False}
+    assert _result(default) == {'before': True, 'after': True}

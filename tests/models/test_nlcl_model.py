@@ -6,7 +6,7 @@ import os.path as osp
 
 import pytest
 import torch
-from irtk_testutils import REPO, write_options
+from irtk_testutils import REPO, shrink_recipe, write_options
 
 from irtoolkit.engine.logging import parse_log
 from irtoolkit.engine.runner import build_model
@@ -16,24 +16,16 @@ from irtoolkit.utils.recipe import load_recipe
 
 
 def small_recipe(data_root, name='nlcl', iters=20, **nlcl):
-    opt = load_recipe(osp.join(REPO, 'options/train/NLCL/demo_NLCL_rain.yml'))
-    opt['name'] = name
-    tr, va = opt['datasets']['train'], opt['datasets']['val']
-    tr.update(dataroot_lq=osp.join(data_root, 'train/lq'), dataroot_gt=osp.join(data_root, 'train/gt'),
-              io_backend={'type': 'disk'}, gt_size=40, batch_size_per_gpu=2)
-    va.update(dataroot_lq=osp.join(data_root, 'val/lq'), dataroot_gt=osp.join(data_root, 'val/gt'),
-              io_backend={'type': 'disk'})
-    opt['network_g'].update(width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
-    opt['network_r'].update(nf=8, num_blocks=2)
-    opt['network_d'].update(num_feat=8, num_layers=2)
-    opt['nlcl']['d_warmup_iter'] = 0  # the demo's warm-up is longer than these runs; tests opt in
-    opt['nlcl'].update(location_encoder={'type': 'self', 'layers': ['intro', 'encoders.0', 'encoders.1']},
-                       layer_encoder={'type': 'disc', 'layers': ['input', 'body.0.0', 'body.1.0']},
-                       num_patches=16, num_rain=12, head={'out_dim': 16, 'hidden_dim': 16}, **nlcl)
-    opt['train']['total_iter'] = iters
-    opt['val']['val_freq'] = 10
-    opt['logger'].update(print_freq=1, save_checkpoint_freq=10)
-    return opt
+    """The rain demo recipe on the tiny pairs, with small networks and 40 px crops; ``nlcl`` updates its section."""
+    nlcl = dict(dict(d_warmup_iter=0,  # the demo's warm-up is longer than these runs; tests opt in
+                     location_encoder={'type': 'self', 'layers': ['intro', 'encoders.0', 'encoders.1']},
+                     layer_encoder={'type': 'disc', 'layers': ['input', 'body.0.0', 'body.1.0']},
+                     num_patches=16, num_rain=12, head={'out_dim': 16, 'hidden_dim': 16}), **nlcl)
+    return shrink_recipe(data_root, name, iters, recipe='train/NLCL/demo_NLCL_rain.yml', crop=40, batch=2,
+                         networks={'network_g': {'width': 8, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]},
+                                   'network_r': {'nf': 8, 'num_blocks': 2},
+                                   'network_d': {'num_feat': 8, 'num_layers': 2}},
+                         print_freq=1, update={'nlcl': nlcl})
 
 
 def build(data_root, tmp, **nlcl):
