@@ -354,7 +354,8 @@ def print_vs_table(configs, sides, results, peak_tflops=None):
             terms = ', '.join(f'{k} {v:.5g}' for k, v in lo.items())
             tflops = flops / t / 1e12 if flops else None
             share = f'{100 * tflops / peak_tflops:.1f}%' if tflops and peak_tflops else '-'
-            print(f'| {c} | {"upstream" if label == "upstream" else "irtoolkit " + label} | {t:.3g} | '
+            step = f'{t:.2f}' if t >= 1 else f'{t * 1000:.1f} ms'  # GPU steps take milliseconds
+            print(f'| {c} | {"upstream" if label == "upstream" else "irtoolkit " + label} | {step} | '
                   f'{t_up / t:.2f}x | {statistics.median(r["peak_mib"] for r in rs):.0f} | '
                   f'{f"{tflops:.1f}" if tflops else "-"} | {share} | {len(rs)} | {terms} ({diff:.2e}) |', flush=True)
 
