@@ -135,8 +135,8 @@ def infer_worker(size, tile, overlap, tile_batch, glibc_default=0):
     torch.manual_seed(0)
     net = build_network(NAFNET_W32).eval()
     img = torch.rand(1, 3, size, size)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_before = usage.ru_maxrss / 2 ** 20  # KiB on Linux -> GiB
     t0 = time.perf_counter()
     out = tiled_forward(net, img, tile=tile, overlap=overlap, align=net.padder_size, batch_size=tile_batch)
     elapsed = time.perf_counter() - t0

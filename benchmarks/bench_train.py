@@ -49,17 +49,7 @@ DEFAULT = ['NAFNet', 'ConStyleNAFNet', 'ConStyleNAFNet-frozen', 'ConStyleRestorm
 
 def worker(name, device, batch, size, warmup, iters):
     import torch
-
-    import irtoolkit  # noqa: F401  (registers everything)
-    from irtoolkit.engine.runner import set_random_seed
-    from irtoolkit.utils.registry import build_model
-    model_type, net, extra = MODELS[name]
-    train = {'optim_g': {'type': 'AdamW', 'lr': 3e-4, 'weight_decay': 1e-4, 'betas': [0.9, 0.999]},
-             'pixel_opt': {'type': 'L1Loss'}, 'ema_decay': 0.999, **extra}
-    opt = {'name': 'bench', 'model_type': model_type, 'is_train': True, 'num_gpu': int(device == 'cuda'),
-           'device': device, 'manual_seed': 0, 'network_g': net, 'train': train, 'path': {}}
-    set_random_seed(0)
-    model = build_model(opt)
+    model = irtoolkit_model(name, device)
     n_params = sum(p.numel() for p in model.net_g.parameters())
     g = torch.Generator().manual_seed(0)
     batch_data = {'lq': torch.rand(batch, 3, size, size, generator=g),
@@ -271,6 +261,12 @@ def vs_worker(impl, config, root, device, batch, size, warmup, iters, profile=0,
                       'peak_mib': peak, 'losses': first}))
 
 
+def usage_error(message):
+    """Bad command-line input: one line on stderr, exit status 2 (as argparse's own errors)."""
+    print(f'bench_train.py: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_variants(items):
     """``LABEL=JSON`` items of ``--ours`` -> {label: train options}; a bad item stops with one line."""
     variants = {}
@@ -279,9 +275,11 @@ def parse_variants(items):
         try:
             variants[label] = json.loads(text) if sep else None
         except json.JSONDecodeError as e:
-            sys.exit(f'--ours {item}: not LABEL=JSON ({e})')
+            usage_error(f'--ours {item}: not LABEL=JSON ({e})')
         if not sep or not isinstance(variants[label], dict):
-            sys.exit(f'--ours {item}: expected LABEL=JSON with a JSON object of train.* options')
+            usage_error(f'--ours {item}: expected LABEL=JSON with a JSON object of train.* options')
+        if label == 'upstream':
+            usage_error(f'--ours {item}: "upstream" names the upstream side; choose another label')
     return variants
 
 
@@ -305,7 +303,7 @@ def vs_main(args):
     root = osp.abspath(args.vs_upstream)
     configs = [c for c in args.vs_configs if osp.isdir(osp.join(root, VS_CONFIGS[c][0]))]
     if not configs:
-        sys.exit(f'--vs-upstream {root}: none of {[VS_CONFIGS[c][0] for c in args.vs_configs]} in it')
+        usage_error(f'--vs-upstream {root}: none of {[VS_CONFIGS[c][0] for c in args.vs_configs]} in it')
     variants = parse_variants(args.ours)
     sides = [('upstream', None)] + list(variants.items())
     load = os.getloadavg()

@@ -203,8 +203,8 @@ def build_demo(root='datasets/demo', seed=0, n_train=128, n_unpaired=64, n_val=8
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as pool:
-            for deg in pool.map(_build_one, *zip(*[(root, d) + args for d in degs])):
-                log(f'  {deg}: done')
+            for job in [pool.submit(_build_one, root, d, *args) for d in degs]:
+                log(f'  {job.result()}: done')
     else:
         for d in degs:
             log(f'  {_build_one(root, d, *args)}: done')
