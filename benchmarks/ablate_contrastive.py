@@ -68,7 +68,7 @@ def set_key(opt, dotted, value):
 def run_options(method, variant, seed, overrides, teachers=None):
     """The recipe of one run: the demo recipe, ``overrides``, the seed, no validation during training (the script
     evaluates), every iteration logged, one checkpoint at the end; ``without`` drops the method's term."""
-    from irtoolkit.utils.recipe import load_recipe
+    from irtoolkit.config.recipe import load_recipe
     opt = load_recipe(osp.join(ROOT, RECIPES[method]))
     for key, value in overrides.items():
         set_key(opt, key, value)
@@ -92,7 +92,7 @@ def run_options(method, variant, seed, overrides, teachers=None):
 
 
 def teacher_options(deg, iters):
-    from irtoolkit.utils.recipe import load_recipe
+    from irtoolkit.config.recipe import load_recipe
     opt = load_recipe(osp.join(ROOT, f'options/train/UniRemoval/demo_UniRemoval_teacher_{deg}.yml'))
     opt['name'] = f'abl_uniremoval_teacher_{deg}_{iters}'
     opt['train']['total_iter'] = iters
@@ -173,7 +173,7 @@ def contrastive_terms(method, opt):
 
 
 def term_stats(log_path, terms):
-    from irtoolkit.engine.logging import parse_log
+    from irtoolkit.engine.run_log import parse_log
     curves = parse_log(log_path)
     stats = {}
     for name in terms:

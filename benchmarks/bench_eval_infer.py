@@ -76,7 +76,7 @@ def make_pairs(root, n_synthetic=32):
 def bench_eval(metrics, batch_size, workers, repeats):
     import torch
     import irtoolkit  # noqa: F401
-    from irtoolkit.inference.image_io import images_by_stem
+    from irtoolkit.utils.image_io import images_by_stem
     from irtoolkit.metrics.evaluation import evaluate_folders
     from irtoolkit.metrics.pyiqa_metric import create_pyiqa_metric
     tmp = tempfile.mkdtemp(prefix='irtk_bench_eval_')
@@ -123,15 +123,15 @@ def bench_eval(metrics, batch_size, workers, repeats):
 def infer_worker(size, tile, overlap, tile_batch, glibc_default=0):
     """Run in a fresh process: one NAFNet-w32 forward of a size x size image; prints a JSON line.
 
-    ``glibc_default``: leave glibc's allocator as it is (``compat.keep_freed_memory`` skipped), the "before" arm."""
+    ``glibc_default``: leave glibc's allocator as it is (``keep_freed_memory`` skipped), the "before" arm."""
     import resource
     import torch
     import irtoolkit  # noqa: F401
-    from irtoolkit import compat
+    from irtoolkit.utils import memory
     from irtoolkit.inference.tiling import tiled_forward
     from irtoolkit.utils.registry import build_network
     if glibc_default:
-        compat._MALLOC_TUNED = True  # as if already tuned: keep_freed_memory() does nothing
+        memory._MALLOC_TUNED = True  # as if already tuned: keep_freed_memory() does nothing
     torch.manual_seed(0)
     net = build_network(NAFNET_W32).eval()
     img = torch.rand(1, 3, size, size)
@@ -184,7 +184,7 @@ def tiling_check(opt_path, ckpt, folder, tile, overlap, limit=4):
     import glob
     import torch
     import irtoolkit  # noqa: F401
-    from irtoolkit.inference.image_io import read_image
+    from irtoolkit.utils.image_io import read_image
     from irtoolkit.inference.loader import load_network, network_options
     from irtoolkit.inference.tiling import tiled_forward, tiled_forward_whole_image_pooling
     net, _ = load_network(network_options(opt_path), ckpt)

@@ -180,9 +180,9 @@ def irtoolkit_model(name, device, speed=None):
 
     import irtoolkit  # noqa: F401  (registers everything)
     from irtoolkit.engine.runner import set_random_seed
-    from irtoolkit.utils.options import model_schema
+    from irtoolkit.config.options import model_schema
     from irtoolkit.utils.registry import build_model
-    from irtoolkit.utils.schema import fill_defaults
+    from irtoolkit.config.schema import fill_defaults
     model_type, net, extra = MODELS[name]
     train = {'optim_g': dict(ADAMW, type='AdamW', betas=list(ADAMW['betas'])), 'pixel_opt': {'type': 'L1Loss'},
              'ema_decay': 0.999, **extra, **(speed or {})}

@@ -8,11 +8,8 @@ basicsr's own train pipeline (CUDA resume, dist init) are not here: irtoolkit ha
 """
 import os
 import sys
-import threading
 
 _APPLIED = False
-_LMDB_LOCK = threading.Lock()
-_LMDB_ENVS = {}
 
 
 def _alias_functional_tensor():
@@ -25,57 +22,13 @@ def _alias_functional_tensor():
         sys.modules.setdefault('torchvision.transforms.functional_tensor', _ft)
 
 
-def open_lmdb(path, **kwargs):
-    """Open an LMDB environment once per (process, path) and reuse it.
-
-    py-lmdb >= 2 raises ``lmdb.Error: The environment ... is already open in this process`` on a second
-    ``lmdb.open`` of the same path, which breaks two datasets reading one database (train + val, tests).
-    The cache is keyed by pid too: an environment must not be used across ``fork`` (DataLoader workers),
-    so a forked worker opens its own.
-    """
-    import lmdb
-    path = os.path.abspath(os.fspath(path))
-    key = (os.getpid(), path)
-    with _LMDB_LOCK:
-        env = _LMDB_ENVS.get(key)
-        if env is None:
-            if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, 'data.mdb')):
-                raise FileNotFoundError(f'LMDB database not found: {path} (expected a folder with data.mdb)')
-            opts = dict(readonly=True, lock=False, readahead=False, max_readers=256)
-            opts.update(kwargs)
-            env = lmdb.open(path, **opts)
-            _LMDB_ENVS[key] = env
-        return env
-
-
-def close_lmdb(path):
-    """Close and forget this process's cached environment of ``path`` (e.g. before rebuilding the database)."""
-    key = (os.getpid(), os.path.abspath(os.fspath(path)))
-    with _LMDB_LOCK:
-        env = _LMDB_ENVS.pop(key, None)
-    if env is not None:
-        env.close()
-
-
-def _close_inherited_lmdb_envs():
-    # After fork (DataLoader workers): py-lmdb >= 2 remembers open environments in a process-wide set that the
-    # child inherits, so the worker's own lmdb.open of a database the parent had open fails with "already open
-    # in this process". LMDB forbids using an environment across fork anyway: the child closes its inherited
-    # copies (its own mappings only; the parent is unaffected) and opens fresh ones on first use.
-    pid = os.getpid()
-    for key in [k for k in _LMDB_ENVS if k[0] != pid]:
-        env = _LMDB_ENVS.pop(key)
-        try:
-            env.close()
-        except Exception:  # a copy that cannot close must not kill the worker; lmdb.open will say what is wrong
-            pass
-
-
 def _patch_lmdb_backend():
-    # basicsr's LmdbBackend calls lmdb.open per FileClient; with lmdb >= 2 the second one fails. Route it
-    # through open_lmdb, and make a missing key a clear error instead of imfrombytes(None) crashing later.
+    # basicsr's LmdbBackend calls lmdb.open per FileClient; with lmdb >= 2 the second one fails. Route it through
+    # irtoolkit.data.lmdb_env.open_lmdb, and make a missing key a clear error instead of imfrombytes(None) crashing.
     # Can go when basicsr caches environments or lmdb drops the single-open rule.
     from basicsr.utils import file_client
+
+    from irtoolkit.data.lmdb_env import open_lmdb
 
     def __init__(self, db_paths, client_keys='default', readonly=True, lock=False, readahead=False, **kwargs):
         if isinstance(client_keys, str):
@@ -156,32 +109,6 @@ def _patch_basicsr_model_io():
     base_model.BaseModel.save_training_state = base_model.master_only(save_training_state)
 
 
-_MALLOC_TUNED = False
-
-
-def keep_freed_memory():
-    """glibc returns every freed block above 128 KiB to the kernel (mmap/munmap) and trims the heap top; torch's
-    CPU allocator frees each large activation after use, so every training step and every tile of a tiled inference
-    maps, zero-fills and unmaps its activations again (upstream NAFNet's CPU step: 8 s of system time in 13.5 s;
-    2048x2048 NAFNet-32 at 512 px tiles: 114 s of system time in a 186 s run). Keep freed memory in the process
-    instead, for reuse; peak RSS grows a little with fragmentation (tiled 2048x2048: 1.50 -> 1.68 GiB; a NAFNet
-    training step: +0.2 %; docs/performance.md). Used by CPU training (``train.keep_freed_memory``) and tiled
-    inference. Linux/glibc only; once per process, not undone. Can go if torch's CPU allocator caches (as
-    its CUDA one does)."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or not sys.platform.startswith('linux'):
-        return
-    try:
-        import ctypes
-        libc = ctypes.CDLL('libc.so.6')
-        m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters (malloc.h)
-        libc.mallopt(m_mmap_max, 0)  # large blocks from the heap too (an mmap threshold is capped at 32 MiB)
-        libc.mallopt(m_trim_threshold, 1 << 31)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-    _MALLOC_TUNED = True
-
-
 def apply():
     """Apply every patch once; safe to call repeatedly."""
     global _APPLIED
@@ -191,6 +118,4 @@ def apply():
     _patch_perceptual_l2()
     _patch_lmdb_backend()
     _patch_basicsr_model_io()
-    if hasattr(os, 'register_at_fork'):
-        os.register_at_fork(after_in_child=_close_inherited_lmdb_envs)
     _APPLIED = True

@@ -4,7 +4,7 @@ import os.path as osp
 
 import yaml
 
-from irtoolkit.utils.recipe import load_recipe
+from irtoolkit.config.recipe import load_recipe
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')

@@ -22,7 +22,7 @@ if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test
     sys.path.insert(0, ROOT)
 
 import irtoolkit  # noqa: E402,F401  (compat patches, registrations)
-from irtoolkit.engine.logging import parse_log  # noqa: E402
+from irtoolkit.engine.run_log import parse_log  # noqa: E402
 
 
 def plot_curves(log, out, title=None, smooth=1):

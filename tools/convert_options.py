@@ -3,7 +3,7 @@
     python tools/convert_options.py upstream/train_ConStyleNAFNet_Dehaze.yml options/train/my_dehaze.yml
 
 Prints every change and every key it could not map (one line each; see
-:mod:`irtoolkit.utils.convert_options` for what is mapped), then writes OUT. Exit status 0 when everything
+:mod:`irtoolkit.config.convert` for what is mapped), then writes OUT. Exit status 0 when everything
 mapped, 1 when some keys need a hand (OUT is written either way, so they can be fixed there).
 """
 import argparse
@@ -17,9 +17,9 @@ if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test
     sys.path.insert(0, ROOT)
 
 import irtoolkit  # noqa: E402,F401  (compat patches, registrations)
-from irtoolkit.utils.convert_options import convert_options  # noqa: E402
+from irtoolkit.config.convert import convert_options  # noqa: E402
 from irtoolkit.utils.errors import UserError  # noqa: E402
-from irtoolkit.utils.recipe import load_recipe  # noqa: E402
+from irtoolkit.config.recipe import load_recipe  # noqa: E402
 
 
 def main(argv=None):

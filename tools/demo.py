@@ -26,7 +26,7 @@ if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test
     sys.path.insert(0, ROOT)
 
 import irtoolkit  # noqa: E402,F401
-from irtoolkit.engine.logging import TqdmHandler, parse_log  # noqa: E402
+from irtoolkit.engine.run_log import TqdmHandler, parse_log  # noqa: E402
 
 RECIPES = {'NAFNet': 'options/train/NAFNet/demo_NAFNet_haze.yml',
            'ConStyleNAFNet': 'options/train/ConStyle/demo_ConStyleNAFNet_haze.yml'}
@@ -54,7 +54,7 @@ def build_data(data_root, deg):
 
 def train_model(label, deg, data_root, iters, device):
     from irtoolkit.engine.runner import train
-    from irtoolkit.utils.recipe import load_recipe
+    from irtoolkit.config.recipe import load_recipe
     recipe = osp.join(ROOT, RECIPES[label])
     opt = load_recipe(recipe)
     name = opt['name'].replace('haze', deg)

@@ -22,7 +22,8 @@ if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test
     sys.path.insert(0, ROOT)
 
 import irtoolkit  # noqa: E402,F401  (compat patches, registrations, HF_HUB_OFFLINE)
-from irtoolkit.utils.options import yaml_load  # noqa: E402
+from irtoolkit.config.options import yaml_load  # noqa: E402
+from irtoolkit.utils.errors import OptionError
 
 
 def parse_method(text):

@@ -28,7 +28,7 @@ def compare_strip(panels, labels, gap=4):
     """Side-by-side (H, W*n) uint8 BGR strip of (C, H, W) float tensors; smaller panels are resized (bicubic)."""
     import cv2
     import numpy as np
-    from irtoolkit.inference.image_io import to_uint8
+    from irtoolkit.utils.image_io import to_uint8
     h = max(p.shape[-2] for p in panels)
     w = max(p.shape[-1] for p in panels)
     tiles = []
@@ -72,11 +72,11 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from tqdm import tqdm
-    from irtoolkit.inference.image_io import images_by_stem, read_image, write_image
+    from irtoolkit.utils.image_io import images_by_stem, read_image, write_image
     from irtoolkit.inference.loader import load_network, network_options
     from irtoolkit.inference.tiling import tiled_forward_fit
     from irtoolkit.utils.dist import pick_device
-    from irtoolkit.utils.options import yaml_load
+    from irtoolkit.config.options import yaml_load
 
     device = pick_device(args.device)
     try:

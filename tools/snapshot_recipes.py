@@ -4,7 +4,7 @@
     python tools/snapshot_recipes.py --check   # compare; print each differing recipe and key path; exit 1 if any
 
 The snapshot maps each recipe's path relative to the repository (``options/train/NAFNet/train_NAFNet_Deblur.yml``)
-to its options as :func:`irtoolkit.utils.recipe.load_recipe` resolves them (``_base_`` files merged in). Files
+to its options as :func:`irtoolkit.config.recipe.load_recipe` resolves them (``_base_`` files merged in). Files
 under a ``_base_`` folder are bases, not recipes, and are left out. The comparison is strict about types
 (``3e-4`` must stay a float, ``1`` must not become ``1.0`` or ``true``) and ignores the order of keys.
 """
@@ -54,7 +54,7 @@ def _check_json(value, where):
 
 def resolve_all(repo=REPO):
     """{relative recipe path: resolved options} for every recipe under ``repo/options``."""
-    from irtoolkit.utils.recipe import load_recipe
+    from irtoolkit.config.recipe import load_recipe
     out = {}
     for rel in recipe_paths(repo):
         opt = load_recipe(osp.join(repo, rel))

@@ -26,7 +26,8 @@ from torch import nn
 
 from irtoolkit.archs.arch_util import crop_to, pad_to_multiple
 from irtoolkit.archs.constyle_arch import ConStyle
-from irtoolkit.utils.registry import ARCH_REGISTRY, OptionError, check_kwargs, get_from_registry
+from irtoolkit.utils.registry import ARCH_REGISTRY, check_kwargs, get_from_registry
+from irtoolkit.utils.errors import OptionError
 
 STAGES = ('l1', 'l2', 'l3', 'bottom', 'r3', 'r2', 'r1')
 KEY_ENCODER_KEYS = ('ConStyle.queue', 'ConStyle.queue_ptr')  # plus everything under ConStyle.encoder_k.

@@ -4,7 +4,7 @@ Layout (what basicsr's ``paired_paths_from_lmdb`` and ``FileClient('lmdb')`` rea
 with ``data.mdb`` (key = file stem, ASCII; value = PNG bytes, OpenCV BGR channel order) and ``meta_info.txt``,
 one line per record, ``<key>.png (<h>,<w>,<c>) <png compression level>``.
 
-Reading goes through :func:`irtoolkit.compat.open_lmdb`, which opens each path once per process (py-lmdb >= 2
+Reading goes through :func:`irtoolkit.data.lmdb_env.open_lmdb`, which opens each path once per process (py-lmdb >= 2
 refuses a second ``lmdb.open`` of the same environment) and again in each forked DataLoader worker.
 """
 import os
@@ -15,7 +15,7 @@ import shutil
 import cv2
 import numpy as np
 
-from irtoolkit.compat import close_lmdb, open_lmdb
+from irtoolkit.data.lmdb_env import close_lmdb, open_lmdb
 from irtoolkit.utils.errors import UserError
 
 __all__ = ['LmdbRecordError', 'encode_png', 'decode_image', 'write_lmdb', 'read_meta_info', 'LmdbImageReader',

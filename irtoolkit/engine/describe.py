@@ -7,9 +7,10 @@ defaults, and the first line of its docstring.
 import difflib
 import inspect
 
-from irtoolkit.utils.options import BASE_SCHEMA
-from irtoolkit.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY, OptionError, get_from_registry
-from irtoolkit.utils.schema import schema_rows
+from irtoolkit.config.options import BASE_SCHEMA
+from irtoolkit.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY, get_from_registry
+from irtoolkit.config.schema import schema_rows
+from irtoolkit.utils.errors import OptionError
 
 __all__ = ['describe']
 

@@ -22,13 +22,13 @@ import torch
 from irtoolkit.engine.basicsr_models import BasicSRModel, has_basicsr_interface
 from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.describe import describe
-from irtoolkit.engine.logging import TrainProgress, get_logger, init_tb_logger
+from irtoolkit.engine.run_log import TrainProgress, get_logger, init_tb_logger
 from irtoolkit.engine.tracking import build_tracker, sample_strip
-from irtoolkit.models.nonfinite import NonFiniteError
+from irtoolkit.training.nonfinite import NonFiniteError
 from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_usable_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.dist import run_device
-from irtoolkit.utils.options import copy_options, dict2str, parse_options
+from irtoolkit.config.options import copy_options, dict2str, parse_options
 from irtoolkit.utils.errors import OptionError, UserError
 from irtoolkit.utils.registry import MODEL_REGISTRY, build_model, get_from_registry
 

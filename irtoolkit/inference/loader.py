@@ -8,8 +8,9 @@ loads here exactly as in training.
 import os.path as osp
 
 from irtoolkit.utils.checkpoint import load_checkpoint
-from irtoolkit.utils.recipe import load_recipe
-from irtoolkit.utils.registry import OptionError, build_network, load_plugins
+from irtoolkit.config.recipe import load_recipe
+from irtoolkit.utils.registry import build_network, load_plugins
+from irtoolkit.utils.errors import OptionError
 
 
 def network_options(path, key='network_g'):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from irtoolkit.compat import keep_freed_memory
+from irtoolkit.utils.memory import keep_freed_memory
 
 logger = logging.getLogger('irtoolkit')
 

@@ -25,7 +25,8 @@ from copy import deepcopy
 import torch
 from basicsr.utils import tensor2img
 
-from irtoolkit.utils.registry import METRIC_REGISTRY, OptionError, check_kwargs
+from irtoolkit.utils.registry import METRIC_REGISTRY, check_kwargs
+from irtoolkit.utils.errors import OptionError
 
 PYIQA_PREFIX = 'pyiqa:'
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from irtoolkit.inference.image_io import image_size, images_by_stem, read_image
+from irtoolkit.utils.image_io import image_size, images_by_stem, read_image
 from irtoolkit.metrics.calculate import MetricSet
 
 GT_ROW = 'GT'

@@ -21,8 +21,8 @@ so a method's model reads as its networks, its losses and what one iteration doe
 built in code) wrap trainable networks for DDP with one rule (:func:`irtoolkit.utils.dist.wrap_ddp`); saved ones
 land in ``models/<name>_<iter>.pth`` with ``params`` and, with EMA, ``params_ema``. Keys, types, defaults and
 allowed values of a model's options live in its ``OPTION_SCHEMA`` (merged into
-:data:`irtoolkit.utils.options.BASE_SCHEMA`, defaults filled before the model is built). Validation on image pairs
-comes from :class:`~irtoolkit.models.validation.ImageValidation`.
+:data:`irtoolkit.config.options.BASE_SCHEMA`, defaults filled before the model is built). Validation on image pairs
+comes from :class:`~irtoolkit.training.image_validation.ImageValidation`.
 """
 import contextlib
 import logging
@@ -32,14 +32,15 @@ from copy import deepcopy
 
 import torch
 
-from irtoolkit.compat import keep_freed_memory
-from irtoolkit.models.nonfinite import NonFiniteError, NonFiniteGuard
-from irtoolkit.models.validation import ImageValidation
+from irtoolkit.utils.memory import keep_freed_memory
+from irtoolkit.training.nonfinite import NonFiniteError, NonFiniteGuard
+from irtoolkit.training.image_validation import ImageValidation
 from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, load_checkpoint, load_state_into, read_state_dict
 from irtoolkit.utils.dist import bare, get_dist_info, reduce_mean, run_device, wrap_ddp
 from irtoolkit.utils.optim import build_optimizer, build_scheduler
-from irtoolkit.utils.registry import OptionError, build_loss, build_network
-from irtoolkit.utils.schema import fill_defaults
+from irtoolkit.utils.registry import build_loss, build_network
+from irtoolkit.config.schema import fill_defaults
+from irtoolkit.utils.errors import OptionError
 
 __all__ = ['BaseModel', 'bare']
 logger = logging.getLogger('irtoolkit')

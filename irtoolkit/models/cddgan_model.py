@@ -41,8 +41,9 @@ from irtoolkit.contrastive.training import discriminator_loss, embed_patches
 from irtoolkit.losses.patch_nce_loss import patch_nce
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.dist import bare
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
-from irtoolkit.utils.schema import NUM, Option
+from irtoolkit.utils.registry import MODEL_REGISTRY
+from irtoolkit.utils.errors import OptionError
+from irtoolkit.config.schema import NUM, Option
 
 
 def _exemplar_readings(value):

@@ -21,8 +21,9 @@ import torch
 
 from irtoolkit.models.restoration_model import RestorationModel
 from irtoolkit.utils.dist import bare
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError, build_loss
-from irtoolkit.utils.schema import NUM, Option
+from irtoolkit.utils.registry import MODEL_REGISTRY, build_loss
+from irtoolkit.config.schema import NUM, Option
+from irtoolkit.utils.errors import OptionError
 
 CONSTYLE_LOSSES = ('infonce', 'content', 'style')
 CONSTYLE_LOSS_KEYS = ('infonce_opt', 'CrossEntropy_opt', 'content_opt', 'style_opt')

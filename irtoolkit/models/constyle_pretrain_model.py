@@ -38,8 +38,9 @@ from irtoolkit.data.degradations import build_degradation
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.models.constyle_model import build_constyle_losses, constyle_loss_terms
 from irtoolkit.utils.dist import bare
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
-from irtoolkit.utils.schema import Option
+from irtoolkit.utils.registry import MODEL_REGISTRY
+from irtoolkit.utils.errors import OptionError
+from irtoolkit.config.schema import Option
 
 logger = logging.getLogger('irtoolkit')
 

@@ -18,8 +18,9 @@ import logging
 from irtoolkit.models.constyle_model import CONSTYLE_LOSS_KEYS, ConStyleModel
 from irtoolkit.utils.checkpoint import read_state_dict
 from irtoolkit.utils.dist import bare
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
-from irtoolkit.utils.schema import Option
+from irtoolkit.utils.registry import MODEL_REGISTRY
+from irtoolkit.utils.errors import OptionError
+from irtoolkit.config.schema import Option
 
 logger = logging.getLogger('irtoolkit')
 

@@ -48,8 +48,9 @@ from irtoolkit.contrastive.samplers import build_sampler
 from irtoolkit.contrastive.training import discriminator_loss, embed_patches
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.dist import bare
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
-from irtoolkit.utils.schema import Option
+from irtoolkit.utils.registry import MODEL_REGISTRY
+from irtoolkit.utils.errors import OptionError
+from irtoolkit.config.schema import Option
 
 NLCL_SCHEMA = {
     'rain_mode': Option(str, 'network', choices=('network', 'residual'),

@@ -2,7 +2,8 @@
 from collections import OrderedDict
 
 from irtoolkit.models.base_model import BaseModel
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
+from irtoolkit.utils.registry import MODEL_REGISTRY
+from irtoolkit.utils.errors import OptionError
 
 
 @MODEL_REGISTRY.register()

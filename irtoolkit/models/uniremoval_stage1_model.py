@@ -33,8 +33,9 @@ from irtoolkit.contrastive.feature_tap import FeatureTap
 from irtoolkit.contrastive.heads import FeatureProjector
 from irtoolkit.contrastive.samplers import RandomPatchSampler, gather
 from irtoolkit.models.base_model import BaseModel
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
-from irtoolkit.utils.schema import NUM, Option
+from irtoolkit.utils.registry import MODEL_REGISTRY
+from irtoolkit.utils.errors import OptionError
+from irtoolkit.config.schema import NUM, Option
 
 
 def _teacher_list(value):

@@ -31,8 +31,9 @@ from irtoolkit.contrastive.queue import EmbeddingQueue
 from irtoolkit.contrastive.training import discriminator_loss
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.dist import bare
-from irtoolkit.utils.registry import MODEL_REGISTRY, OptionError
-from irtoolkit.utils.schema import Option
+from irtoolkit.utils.registry import MODEL_REGISTRY
+from irtoolkit.utils.errors import OptionError
+from irtoolkit.config.schema import Option
 
 STAGE2_SCHEMA = {
     'cluster_encoder': Option(dict, {'type': 'disc', 'layers': ['body.1']},

@@ -6,7 +6,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from irtoolkit.utils.registry import OptionError, check_kwargs
+from irtoolkit.utils.registry import check_kwargs
+from irtoolkit.utils.errors import OptionError
 
 SCHEDULERS = {}
 

@@ -10,11 +10,10 @@ from copy import deepcopy
 
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-from irtoolkit.utils.errors import OptionError, UserError
+from irtoolkit.utils.errors import OptionError
 
 __all__ = [
-    'ARCH_REGISTRY', 'DATASET_REGISTRY', 'LOSS_REGISTRY', 'METRIC_REGISTRY', 'MODEL_REGISTRY', 'OptionError',
-    'UserError',
+    'ARCH_REGISTRY', 'DATASET_REGISTRY', 'LOSS_REGISTRY', 'METRIC_REGISTRY', 'MODEL_REGISTRY',
     'import_package_modules', 'load_plugins', 'get_from_registry', 'build_from_registry', 'build_network', 'build_loss',
     'build_model', 'registry_kind', 'has_basicsr_interface'
 ]

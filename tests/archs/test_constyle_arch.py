@@ -119,7 +119,7 @@ def test_plugin_block(tmp_path):
                          'block_opt': {'scale': 0.5}, 'Train': False})
     assert net.Process_Module_l2[0].conv.in_channels == 16 and net.Process_Module_bottom[0].scale == 0.5
     assert net(torch.rand(1, 3, 24, 24)).shape == (1, 3, 24, 24)
-    from irtoolkit.utils.registry import OptionError
+    from irtoolkit.utils.errors import OptionError
     with pytest.raises(OptionError, match='block_opt.scal'):
         build_network({'type': 'ConStyleUNet', **SMALL, 'block': 'TestConStyleGatedBlock', 'block_opt': {'scal': 1}})
 

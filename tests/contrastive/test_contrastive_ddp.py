@@ -20,7 +20,7 @@ from irtk_testutils import (CDDGAN_DEMO, NLCL_DEMO, UNIREMOVAL_DEMO_STAGE1, shri
                             write_options)
 from irtoolkit.engine.runner import build_model
 from irtoolkit.models.base_model import bare
-from irtoolkit.utils.options import parse_options
+from irtoolkit.config.options import parse_options
 
 data, tmp, teachers = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 dist.init_process_group('gloo')

@@ -15,7 +15,7 @@ from irtk_testutils import REPO, shrink_recipe, write_options
 from irtoolkit.engine.runner import WorkerDiedError
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.engine.sample_guard import BadSampleError
-from irtoolkit.models.nonfinite import NonFiniteError
+from irtoolkit.training.nonfinite import NonFiniteError
 from irtoolkit.utils import checkpoint
 from irtoolkit.utils.checkpoint import CheckpointError, CheckpointWriteError
 
@@ -130,7 +130,7 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(tiny_data, in_tmp):
 
 
 def test_skip_policy_leaves_weights_optimiser_and_ema_untouched(tiny_data, in_tmp):
-    from irtoolkit.utils.options import parse_options
+    from irtoolkit.config.options import parse_options
     from irtoolkit.utils.registry import build_model
     opt = _opt(tiny_data, 'skip', 4, nonfinite={'policy': 'skip', 'max_skips': 2})
     opt = parse_options(write_options(opt, in_tmp / 'skip.yml'), True)
@@ -206,8 +206,8 @@ import sys
 import torch
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
-from irtoolkit.models.nonfinite import NonFiniteError
-from irtoolkit.utils.options import parse_options
+from irtoolkit.training.nonfinite import NonFiniteError
+from irtoolkit.config.options import parse_options
 from irtoolkit.utils.registry import build_model
 
 dist.init_process_group('gloo')

@@ -8,8 +8,8 @@ import torch
 from irtk_testutils import REPO, shrink_recipe, write_options
 
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options, yaml_load
-from irtoolkit.utils.registry import OptionError
+from irtoolkit.config.options import parse_options, yaml_load
+from irtoolkit.utils.errors import OptionError
 
 PLUGIN = textwrap.dedent('''
     import torch

@@ -12,11 +12,12 @@ from irtk_testutils import REPO
 
 from irtoolkit.metrics.calculate import MetricSet
 from irtoolkit.utils.optim import build_optimizer, build_scheduler
-from irtoolkit.utils.options import BASE_SCHEMA
-from irtoolkit.utils.recipe import load_recipe
-from irtoolkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, OptionError, build_loss,
+from irtoolkit.config.options import BASE_SCHEMA
+from irtoolkit.config.recipe import load_recipe
+from irtoolkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, build_loss,
                                       get_from_registry, load_plugins)
-from irtoolkit.utils.schema import check_options, merge_schema
+from irtoolkit.config.schema import check_options, merge_schema
+from irtoolkit.utils.errors import OptionError
 
 RECIPES = sorted(p for p in glob.glob(osp.join(REPO, 'options', '**', '*.yml'), recursive=True)
                  if '_base_' not in osp.relpath(p, REPO).split(osp.sep))  # bases are parts of recipes

@@ -11,7 +11,7 @@ from torch import nn
 
 from irtoolkit.archs.nafnet_arch import NAFNet
 from irtoolkit.utils.checkpoint import atomic_save
-from irtoolkit.inference.image_io import read_image
+from irtoolkit.utils.image_io import read_image
 from irtoolkit.inference.tiling import axis_weights, tile_starts, tiled_forward, tiled_forward_whole_image_pooling
 
 _spec = importlib.util.spec_from_file_location('irtk_infer_tool', osp.join(REPO, 'tools/infer.py'))

@@ -7,7 +7,7 @@ from basicsr.metrics import calculate_niqe, calculate_psnr, calculate_ssim
 
 from irtoolkit.metrics import paper_metric
 from irtoolkit.metrics.calculate import MetricSet
-from irtoolkit.utils.registry import OptionError
+from irtoolkit.utils.errors import OptionError
 
 
 def _pair(photo, seed, size=256, sigma=12.0, offset=(0, 0)):

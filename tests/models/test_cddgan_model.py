@@ -10,11 +10,11 @@ import pytest
 import torch
 from irtk_testutils import REPO, shrink_recipe, write_options
 
-from irtoolkit.engine.logging import parse_log
+from irtoolkit.engine.run_log import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options
-from irtoolkit.utils.recipe import load_recipe
+from irtoolkit.config.options import parse_options
+from irtoolkit.config.recipe import load_recipe
 
 SMALL_G = {'type': 'ResnetGenerator', 'ngf': 4, 'num_blocks': 2}
 SMALL_D = {'type': 'PatchGANDiscriminator', 'num_feat': 8, 'num_layers': 2}

@@ -14,11 +14,12 @@ from irtk_testutils import REPO, write_options
 
 from irtoolkit.data.degradations import blur_kernel, build_degradation, realesrgan, sinc_kernel
 from irtoolkit.engine.data import build_dataloader, build_dataset
-from irtoolkit.engine.logging import parse_log
+from irtoolkit.engine.run_log import parse_log
 from irtoolkit.engine.runner import build_model, set_random_seed
 from irtoolkit.models.base_model import bare
-from irtoolkit.utils.recipe import load_recipe
-from irtoolkit.utils.registry import OptionError, build_loss
+from irtoolkit.config.recipe import load_recipe
+from irtoolkit.utils.registry import build_loss
+from irtoolkit.utils.errors import OptionError
 
 NET = {'type': 'ConStyleNAFNet', 'dim': 8, 'left_blk_num': [1, 1, 1], 'bottom_blk_num': 1,
        'right_blk_num': [1, 1, 1]}

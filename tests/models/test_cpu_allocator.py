@@ -57,7 +57,7 @@ def _result(proc):
 
 def test_cpu_training_model_keeps_freed_memory_unless_turned_off():
     # the option's default comes from the schema when options are resolved; the model acts on the resolved value
-    from irtoolkit.utils.options import BASE_SCHEMA
+    from irtoolkit.config.options import BASE_SCHEMA
     assert BASE_SCHEMA['train']['keep_freed_memory'].default is True
     kept, default = _probe({'keep_freed_memory': True}), _probe({'keep_freed_memory': False})  # side by side
     assert _result(kept) == {'before': True, 'after': False}

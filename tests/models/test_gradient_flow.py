@@ -14,8 +14,8 @@ import torch
 from irtk_testutils import REPO, write_options
 
 from irtoolkit.engine.runner import build_model
-from irtoolkit.utils.options import parse_options
-from irtoolkit.utils.recipe import load_recipe
+from irtoolkit.config.options import parse_options
+from irtoolkit.config.recipe import load_recipe
 
 
 def parse_table(text):

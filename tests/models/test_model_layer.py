@@ -9,9 +9,10 @@ from irtk_testutils import CDDGAN_DEMO, shrink_recipe, write_options
 
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.checkpoint import atomic_save, read_state_dict
-from irtoolkit.utils.options import apply_overrides, load_options, parse_options, resolve_options, validate_options
-from irtoolkit.utils.registry import OptionError, build_model
-from irtoolkit.utils.schema import NUM, Option, check_options, fill_defaults
+from irtoolkit.config.options import apply_overrides, load_options, parse_options, resolve_options, validate_options
+from irtoolkit.utils.registry import build_model
+from irtoolkit.config.schema import NUM, Option, check_options, fill_defaults
+from irtoolkit.utils.errors import OptionError
 
 NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1], 'dec_blk_nums': [1]}
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from irtk_testutils import REPO, shrink_recipe, write_options
 
-from irtoolkit.engine.logging import parse_log
+from irtoolkit.engine.run_log import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options
-from irtoolkit.utils.recipe import load_recipe
+from irtoolkit.config.options import parse_options
+from irtoolkit.config.recipe import load_recipe
 
 
 def small_recipe(data_root, name='nlcl', iters=20, **nlcl):
@@ -90,7 +90,7 @@ def test_identity_init_warmup_and_nonnegative_rain(tiny_data, in_tmp):
 
 @pytest.mark.parametrize('bad', [{'identity_init': ['no_such_module']}, {'rain_activation': 'abs'}])
 def test_bad_options_fail_early(tiny_data, in_tmp, bad):
-    from irtoolkit.utils.registry import OptionError
+    from irtoolkit.utils.errors import OptionError
     with pytest.raises(OptionError, match='nlcl.' + next(iter(bad))):
         build(tiny_data, in_tmp, **bad)
 

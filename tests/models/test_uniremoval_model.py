@@ -8,12 +8,12 @@ import pytest
 import torch
 from irtk_testutils import REPO, write_options
 
-from irtoolkit.engine.logging import parse_log
+from irtoolkit.engine.run_log import parse_log
 from irtoolkit.engine.runner import build_model
 from irtoolkit.engine.runner import train as run_train
-from irtoolkit.utils.options import parse_options
-from irtoolkit.utils.recipe import load_recipe
-from irtoolkit.utils.registry import OptionError
+from irtoolkit.config.options import parse_options
+from irtoolkit.config.recipe import load_recipe
+from irtoolkit.utils.errors import OptionError
 
 NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
 LABELS = ('haze', 'rain', 'blur')

@@ -6,9 +6,9 @@ import importlib.util
 import yaml
 from irtk_testutils import REPO
 
-from irtoolkit.utils.convert_options import convert_options
-from irtoolkit.utils.options import parse_options
-from irtoolkit.utils.recipe import yaml_load
+from irtoolkit.config.convert import convert_options
+from irtoolkit.config.options import parse_options
+from irtoolkit.config.recipe import yaml_load
 
 UPSTREAM_CONSTYLE = '''
 name: train_ConStyleNAFNetDehaze

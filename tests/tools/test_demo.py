@@ -5,7 +5,7 @@ import os.path as osp
 import pytest
 from irtk_testutils import REPO
 
-from irtoolkit.engine.logging import parse_log
+from irtoolkit.engine.run_log import parse_log
 
 
 @pytest.mark.slow

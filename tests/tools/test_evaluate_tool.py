@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from irtoolkit.inference.image_io import read_image
+from irtoolkit.utils.image_io import read_image
 from irtoolkit.metrics.calculate import MetricSet
 from irtoolkit.metrics.evaluation import evaluate_folders
 from irtk_testutils import REPO

@@ -1,5 +1,5 @@
 """Recipe inheritance (``_base_``): every recipe under options/ resolves to exactly the options of its snapshot,
-and :func:`irtoolkit.utils.recipe.load_recipe` follows its rules (bases in order, own keys last, mappings merged,
+and :func:`irtoolkit.config.recipe.load_recipe` follows its rules (bases in order, own keys last, mappings merged,
 lists replaced, ``_delete_``, paths relative to the file, clear errors).
 
 The snapshot, ``tests/data/resolved_recipes.json``, holds what every recipe resolves to (bases under
@@ -20,8 +20,8 @@ import pytest
 import yaml
 from irtk_testutils import REPO
 
-from irtoolkit.utils.recipe import load_recipe
-from irtoolkit.utils.registry import OptionError
+from irtoolkit.config.recipe import load_recipe
+from irtoolkit.utils.errors import OptionError
 
 _spec = importlib.util.spec_from_file_location('irtk_snapshot_recipes', osp.join(REPO, 'tools', 'snapshot_recipes.py'))
 snapshot_tool = importlib.util.module_from_spec(_spec)

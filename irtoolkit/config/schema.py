@@ -15,7 +15,7 @@ they are resolved, so model code reads ``opt[key]`` and never carries a default 
 import difflib
 import re
 
-from irtoolkit.utils.registry import OptionError
+from irtoolkit.utils.errors import OptionError
 
 __all__ = ['ANY', 'NUM', 'Option', 'check_options', 'option_problems', 'merge_schema', 'fill_defaults', 'schema_rows']
 

@@ -14,7 +14,7 @@ import re
 
 import yaml
 
-from irtoolkit.utils.registry import OptionError
+from irtoolkit.utils.errors import OptionError
 
 __all__ = ['SafeLoader', 'yaml_load', 'load_recipe', 'merge_recipe']
 

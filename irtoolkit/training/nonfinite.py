@@ -14,7 +14,7 @@ import torch
 
 from irtoolkit.utils.dist import any_rank
 from irtoolkit.utils.errors import UserError
-from irtoolkit.utils.schema import Option, fill_defaults
+from irtoolkit.config.schema import Option, fill_defaults
 
 __all__ = ['NONFINITE_SCHEMA', 'NonFiniteError', 'NonFiniteGuard']
 logger = logging.getLogger('irtoolkit')

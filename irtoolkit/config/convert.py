@@ -19,9 +19,9 @@ mapped, one line each; data paths are left as they are.
 """
 from copy import deepcopy
 
-from irtoolkit.utils.option_checks import registry_problems
-from irtoolkit.utils.options import model_schema
-from irtoolkit.utils.schema import option_problems
+from irtoolkit.config.checks import registry_problems
+from irtoolkit.config.options import model_schema
+from irtoolkit.config.schema import option_problems
 
 __all__ = ['convert_options']
 

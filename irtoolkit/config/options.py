@@ -13,12 +13,13 @@ from copy import deepcopy
 
 import yaml
 
-from irtoolkit.utils.recipe import SafeLoader, load_recipe, yaml_load
-from irtoolkit.utils.registry import (MODEL_REGISTRY, OptionError, get_from_registry, has_basicsr_interface,
+from irtoolkit.config.recipe import SafeLoader, load_recipe, yaml_load
+from irtoolkit.utils.registry import (MODEL_REGISTRY, get_from_registry, has_basicsr_interface,
                                       load_plugins)
-from irtoolkit.models.nonfinite import NONFINITE_SCHEMA
-from irtoolkit.utils.option_checks import path_problems, registry_problems
-from irtoolkit.utils.schema import ANY, NUM, Option, fill_defaults, merge_schema, option_problems
+from irtoolkit.training.nonfinite import NONFINITE_SCHEMA
+from irtoolkit.config.checks import path_problems, registry_problems
+from irtoolkit.config.schema import ANY, NUM, Option, fill_defaults, merge_schema, option_problems
+from irtoolkit.utils.errors import OptionError
 
 __all__ = ['BASE_SCHEMA', 'DATASET_SCHEMA', 'yaml_load', 'load_options', 'apply_overrides', 'validate_options',
            'resolve_options', 'parse_options', 'model_schema', 'dict2str', 'copy_options']

@@ -1,6 +1,6 @@
 """What a recipe names must exist: registered types (networks, datasets, losses) with arguments their constructors
 accept, and the files and folders it points to. Each function returns problems as lines (``file: key: what``),
-so that :func:`irtoolkit.utils.options.validate_options` reports every problem of a file in one run."""
+so that :func:`irtoolkit.config.options.validate_options` reports every problem of a file in one run."""
 import inspect
 import os.path as osp
 
