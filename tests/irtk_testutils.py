@@ -21,9 +21,9 @@ CDDGAN_DEMO = dict(
     recipe='train/CDDGAN/demo_CDDGAN_haze.yml', crop=32, batch=2, print_freq=1,
     networks={'network_g': SMALL_NAFNET, 'network_d': SMALL_PATCHGAN,
               'network_n': {'num_negatives': 8, 'hidden_dim': 16, 'queue_size': 16}},
-    update={'contrastive': {'encoder': {'type': 'self', 'layers': ['intro', 'encoders.0', 'encoders.1']},
-                            'num_patches': 16, 'head': {'out_dim': 16, 'hidden_dim': 16},
-                            'clear_exemplar': ['identity', 'positive']},
+    update={'cddgan': {'encoder': {'type': 'self', 'layers': ['intro', 'encoders.0', 'encoders.1']},
+                       'num_patches': 16, 'head': {'out_dim': 16, 'hidden_dim': 16},
+                       'clear_exemplar': ['identity', 'positive']},
             'train': {'identity_opt': {'type': 'L1Loss', 'loss_weight': 0.5}}})
 NLCL_DEMO = dict(
     recipe='train/NLCL/demo_NLCL_rain.yml', crop=40, batch=2, print_freq=1,

@@ -8,6 +8,8 @@ What is mapped (upstream IRConStyle ``Dongqi-Fan/IRConStyle``, NAFNet's and Rest
   (dehazing pairs many hazy images with one clear image by name: ``gt_name_sub``);
   ``Dataset_GaussianDenoising`` -> ``SyntheticDegradationDataset`` with a ``gaussian_noise`` degradation;
 * ``train.CrossEntropy_opt: {type: CrossEntropyLoss}`` -> ``train.infonce_opt: {type: QueueInfoNCELoss}``;
+* keys a model has moved into its method's section (its ``RENAMED_OPTIONS``, e.g. upstream's and irtoolkit's
+  earlier ``train.ConStyle_iter`` -> ``constyle.iter``, ``contrastive`` -> ``cddgan``);
 * dropped, with the reason: ``gpu_id`` (use ``CUDA_VISIBLE_DEVICES``), ``prefetch_mode: cuda`` (irtoolkit's loaders
   pin memory instead), ``mixing_augs`` with ``mixup: false`` on models without mixup, test-only top-level keys
   (``test``, ``crop_border``), an empty ``logger.wandb`` (no project); top-level ``suffix`` / ``save_img`` of test
@@ -20,10 +22,10 @@ mapped, one line each; data paths are left as they are.
 from copy import deepcopy
 
 from irtoolkit.config.checks import registry_problems
-from irtoolkit.config.options import model_schema
+from irtoolkit.config.options import model_class, model_schema, renamed_keys
 from irtoolkit.config.schema import option_problems
 
-__all__ = ['convert_options']
+__all__ = ['convert_options', 'move_key']
 
 MODEL_TYPES = {'ConStyle': 'ConStyleModel', 'Origin': 'RestorationModel', 'ImageRestorationModel': 'RestorationModel',
                'ImageCleanModel': 'RestorationModel'}
@@ -31,7 +33,7 @@ PAIRED_TYPES = ('Dataset_Paired', 'Dataset_PairedImage', 'Dataset_Dehaze')
 DROPPED_TOP = {'gpu_id': 'select GPUs with CUDA_VISIBLE_DEVICES', 'test': 'the runner (test.py) says it',
                'crop_border': 'set per metric (val.metrics.<name>.crop_border)'}
 INT_KEYS = (('val', 'val_freq'), ('logger', 'print_freq'), ('logger', 'save_checkpoint_freq'),
-            ('train', 'total_iter'), ('train', 'warmup_iter'), ('train', 'ConStyle_iter'))
+            ('train', 'total_iter'), ('train', 'warmup_iter'), ('train', 'ConStyle_iter'), ('constyle', 'iter'))
 
 
 class _Report:
@@ -110,6 +112,38 @@ def _logger_and_ints(opt, report):
             report.change(f'{section}.{key}', f'{value!r} -> {int(value)}')
 
 
+def move_key(opt, old, new):
+    """Move the value at dotted path ``old`` to dotted path ``new`` (in place); a section left empty is removed.
+    Returns whether ``old`` was there."""
+    parts, node, trail = old.split('.'), opt, []
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            return False
+        trail.append((node, part))
+        node = node[part]
+    if parts[-1] not in node:
+        return False
+    value = node.pop(parts[-1])
+    for parent, key in reversed(trail):  # e.g. a train section that held only ConStyle_iter
+        if parent[key] == {}:
+            del parent[key]
+    target = opt
+    for part in new.split('.')[:-1]:
+        target = target.setdefault(part, {})
+    target[new.split('.')[-1]] = value
+    return True
+
+
+def _renames(opt, report):
+    try:
+        renames = renamed_keys(model_class(opt.get('model_type', 'RestorationModel')))
+    except ValueError:  # an unknown model type: reported below
+        return
+    for old, new in renames.items():
+        if move_key(opt, old, new):
+            report.change(old, f'-> {new}')
+
+
 def convert_options(opt):
     """``(converted options, changes, unmapped)``: ``opt`` is not modified; ``changes`` and ``unmapped`` are lines
     ``key: what``."""
@@ -119,6 +153,7 @@ def convert_options(opt):
         if isinstance(d, dict):
             _dataset(key, d, report)
     _logger_and_ints(opt, report)
+    _renames(opt, report)
     try:
         _train(opt, report)
         schema = model_schema(opt.get('model_type', 'RestorationModel'))

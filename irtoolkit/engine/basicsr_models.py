@@ -1,12 +1,14 @@
 """Models with basicsr's interface (its ``SRModel``, ``SwinIRModel``, ``ESRGANModel``, ``RealESRGANModel`` and
 subclasses from other projects) in irtoolkit's runner, told apart by the interface the class has, never by name.
 
-basicsr's interface differs from irtoolkit's in three places, which :class:`BasicSRModel` bridges:
+basicsr's interface differs from irtoolkit's in four places, which :class:`BasicSRModel` bridges:
 
 * ``save(epoch, current_iter)`` (``-1, -1`` for the latest weights) instead of ``save(iter, epoch, batch)``;
 * resume: basicsr loads the networks of the resumed iteration at construction, from ``path.pretrain_network_*``
   (its ``check_resume``), and only optimisers and schedulers in ``resume_training``;
-* ``validation(loader, iter, tb_logger, save_img)`` logs through the ``basicsr`` logger.
+* ``validation(loader, iter, tb_logger, save_img)`` logs through the ``basicsr`` logger;
+* basicsr reads the run (``is_train``, ``dist``, ``rank``, output folders) from its options: it gets the recipe with
+  the run context written in (:meth:`~irtoolkit.config.run.RunContext.basicsr_options`).
 
 What the runner adds, as for its own models: the training state also holds the RNG streams (Python, NumPy, torch)
 and the position in the epoch, so ``--auto_resume`` continues with the same batches and random draws. Resume is then
@@ -24,7 +26,7 @@ __all__ = ['has_basicsr_interface', 'BasicSRModel']
 
 def resume_paths(opt, state):
     """Options for resuming ``state``: every ``network_<x>`` loads ``models/net_<x>_<iter>.pth`` (basicsr's
-    ``check_resume``); a copy, the runner's options are not changed."""
+    ``check_resume``); a copy, the given options are not changed."""
     opt = dict(opt, path=dict(opt['path']))
     for key in [k for k in opt if k.startswith('network_')]:
         name = key[len('network_'):]
@@ -37,13 +39,14 @@ def resume_paths(opt, state):
 class BasicSRModel:
     """A basicsr-interface model behind irtoolkit's runner calls (everything else is forwarded)."""
 
-    def __init__(self, cls, opt, state=None):
+    def __init__(self, cls, opt, run, state=None):
         from basicsr.utils import get_root_logger
         ours, theirs = logging.getLogger('irtoolkit'), get_root_logger()  # basicsr's, initialised once
         theirs.handlers = list(ours.handlers)  # the model's own lines (network, validation) into the run's log
         theirs.setLevel(ours.level)
-        self.__dict__['model'] = cls(resume_paths(opt, state) if state is not None else opt)
-        self.__dict__['opt'] = opt
+        theirs_opt = run.basicsr_options(opt)  # the recipe with the run's fields, as basicsr's models read them
+        self.__dict__['model'] = cls(resume_paths(theirs_opt, state) if state is not None else theirs_opt)
+        self.__dict__['run'] = run
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -52,8 +55,8 @@ class BasicSRModel:
         if current_iter == 'latest':
             return self.model.save(-1, -1)
         self.model.save(epoch, current_iter)  # networks and basicsr's training state, written atomically (compat)
-        if self.opt.get('rank', 0) == 0:
-            path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
+        if self.run.rank == 0:
+            path = osp.join(self.run.paths['training_states'], f'{current_iter}.state')
             state = safe_load(path)
             state.update(batch_in_epoch=batch_in_epoch, rng=get_rng_state())
             atomic_save(state, path)

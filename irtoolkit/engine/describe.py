@@ -1,13 +1,14 @@
 """``python irtoolkit/train.py --describe NAME``: what a registered model or arch accepts, as a table.
 
-For a model: every key of its option schema (the base schema's keys are left out; ``--describe BaseModel`` lists
-them) with what it accepts, its default and its meaning. For an arch (or a loss): the constructor's arguments and
+For a model: every key of its option schema — its own and those of the classes above it, each with the class that
+declares it (the runner's keys are left out; ``--describe BaseModel`` lists them) — with what it accepts, its
+default and its meaning, and the keys it renamed. For an arch (or a loss): the constructor's arguments and
 defaults, and the first line of its docstring.
 """
 import difflib
 import inspect
 
-from irtoolkit.config.options import BASE_SCHEMA
+from irtoolkit.config.options import BASE_SCHEMA, renamed_keys
 from irtoolkit.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY, get_from_registry
 from irtoolkit.config.schema import schema_rows
 from irtoolkit.utils.errors import OptionError
@@ -29,12 +30,21 @@ def _doc_line(obj):
 
 
 def describe_model(cls):
-    own = getattr(cls, 'OPTION_SCHEMA', None) or {}
-    rows = schema_rows(own if cls.__name__ != 'BaseModel' else BASE_SCHEMA)
+    """Every key of the model's schema with the class that declares it, from the top of its hierarchy down; for
+    ``BaseModel`` also the runner's keys."""
+    rows = []
+    for klass in reversed(cls.__mro__):
+        own = klass.__dict__.get('OPTION_SCHEMA')
+        if own:
+            rows += [(*row, klass.__name__) for row in schema_rows(own)]
+    if cls.__name__ == 'BaseModel':
+        rows = [(*row, 'runner') for row in schema_rows(BASE_SCHEMA)] + rows
     head = f'model {cls.__name__} ({cls.__module__}): {_doc_line(cls)}'
+    renamed = renamed_keys(cls)
+    tail = ''.join(f'\nrenamed: {old} -> {new}' for old, new in renamed.items())
     if not rows:
-        return f'{head}\nno keys of its own beyond the base schema (see --describe BaseModel)'
-    return f'{head}\n{_table(("key", "accepts", "default", "meaning"), rows)}'
+        return f'{head}\nno keys beyond the runner\'s (see --describe BaseModel){tail}'
+    return f'{head}\n{_table(("key", "accepts", "default", "meaning", "declared by"), rows)}{tail}'
 
 
 def describe_callable(kind, cls):

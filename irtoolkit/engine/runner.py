@@ -19,6 +19,8 @@ import time
 import numpy as np
 import torch
 
+from irtoolkit.config.options import copy_options, dict2str, parse_options
+from irtoolkit.config.run import RunContext
 from irtoolkit.engine.basicsr_models import BasicSRModel, has_basicsr_interface
 from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.describe import describe
@@ -27,10 +29,8 @@ from irtoolkit.engine.tracking import build_tracker, sample_strip
 from irtoolkit.training.nonfinite import NonFiniteError
 from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_usable_state, prune_checkpoints, safe_load, set_rng_state
-from irtoolkit.utils.dist import run_device
-from irtoolkit.config.options import copy_options, dict2str, parse_options
 from irtoolkit.utils.errors import OptionError, UserError
-from irtoolkit.utils.registry import MODEL_REGISTRY, build_model, get_from_registry
+from irtoolkit.utils.registry import MODEL_REGISTRY, get_from_registry
 
 
 def parse_args(argv, is_train=True):
@@ -62,61 +62,59 @@ class WorkerDiedError(UserError):
     """A data-loader worker was killed (out of memory, a signal) or crashed."""
 
 
-def build_training_model(opt, state=None):
-    """The model of ``opt``; a class with basicsr's interface behind :class:`BasicSRModel`."""
+def build_run_model(opt, run, state=None):
+    """The model of ``opt`` for this run (training or testing); a class with basicsr's interface behind
+    :class:`BasicSRModel`."""
     cls = get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')
     if not has_basicsr_interface(cls):
-        return cls(opt)
-    if (opt['train'].get('accumulate') or 1) > 1:
-        raise OptionError(f'{opt["opt_path"]}: train.accumulate: {cls.__name__} steps its own optimisers; '
-                          'accumulation needs an irtoolkit model')
-    return BasicSRModel(cls, opt, state)
+        return cls(opt, run)
+    if run.accumulate > 1:
+        raise OptionError(f'{run.where("train.accumulate")}{cls.__name__} steps its own optimisers; accumulation '
+                          'needs an irtoolkit model')
+    return BasicSRModel(cls, opt, run, state)
 
 
-def derive_batch(opt):
+def derive_batch(opt, run):
     """``datasets.train.global_batch_size`` over the actual world size: the per-GPU batch (at most
-    ``batch_size_per_gpu`` when given) and ``train.accumulate``, written into the resolved options."""
-    ds, world = opt['datasets']['train'], opt['world_size']
+    ``batch_size_per_gpu`` when given) and the micro-batches per step, into the run context."""
+    ds, world = opt['datasets']['train'], run.world_size
     total = ds.get('global_batch_size')
     if not total:
         return
     per_gpu = min(ds.get('batch_size_per_gpu') or total, max(total // world, 1))
     if total % (world * per_gpu):
-        raise OptionError(f'{opt["opt_path"]}: datasets.train.global_batch_size: {total} is not a multiple of '
-                          f'{world} rank(s) x batch {per_gpu}')
-    ds['batch_size_per_gpu'], opt['train']['accumulate'] = per_gpu, total // (world * per_gpu)
+        raise OptionError(f'{run.where("datasets.train.global_batch_size")}{total} is not a multiple of {world} '
+                          f'rank(s) x batch {per_gpu}')
+    run.batch_size_per_gpu, run.accumulate = per_gpu, total // (world * per_gpu)
 
 
 def setup_run(args, is_train):
-    """Resolved options of ``args.opt`` (``--force_yml`` applied, ``debug_`` name), distributed init, torch flags."""
-    opt = parse_options(args.opt, is_train, args.force_yml)
+    """The resolved recipe of ``args.opt`` (``--force_yml`` applied, ``debug_`` name) and its run context
+    (distributed init, device, output folders); torch flags set."""
+    overrides = list(args.force_yml or [])
+    opt = parse_options(args.opt, is_train, overrides)
     if is_train and getattr(args, 'debug', False) and not opt['name'].startswith('debug'):
-        opt = parse_options(args.opt, is_train, (args.force_yml or []) + [f'name=debug_{opt["name"]}'])
-    opt['dist'] = args.launcher != 'none'
-    if opt['dist']:
+        opt = parse_options(args.opt, is_train, overrides + [f'name=debug_{opt["name"]}'])
+    if args.launcher != 'none':
         dp = opt.get('dist_params') or {}
-        rank, world, _ = dist_util.init_dist(args.launcher, dp.get('backend'), dp.get('port'))
-        if not torch.cuda.is_available():
-            opt['num_gpu'] = 0
-    else:
-        rank, world = 0, 1
-    opt['rank'], opt['world_size'] = rank, world
+        dist_util.init_dist(args.launcher, dp.get('backend'), dp.get('port'))
+    run = RunContext.create(opt, args.opt, is_train, args.launcher)
     if is_train:
-        derive_batch(opt)
+        derive_batch(opt, run)
     torch.backends.cudnn.benchmark = bool(opt.get('cudnn_benchmark', False))
     if opt.get('deterministic'):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    return opt
+    return opt, run
 
 
-def fresh_experiment_dir(opt):
+def fresh_experiment_dir(run):
     """Archive an existing experiment folder of the same name (BasicSR's mkdir_and_rename), then create it."""
-    exp = opt['path']['experiments_root']
+    exp = run.paths['experiments_root']
     if osp.exists(exp):
         new = f'{exp}_archived_{time.strftime("%Y%m%d_%H%M%S")}'
         os.rename(exp, new)
     for k in ('experiments_root', 'models', 'training_states', 'visualization'):
-        os.makedirs(opt['path'][k], exist_ok=True)
+        os.makedirs(run.paths[k], exist_ok=True)
 
 
 class StopFlag:
@@ -148,8 +146,8 @@ def validate(model, val_loaders, current_iter, tb_logger, opt, logger, tracker=N
         results = {}
         for loader in val_loaders:
             name = loader.dataset.opt.get('name', 'val')
-            results[name] = model.validation(loader, current_iter, tb_logger,
-                                             (opt.get('val') or {}).get('save_img', False), logger=logger)
+            results[name] = model.validation(loader, current_iter, tb_logger, opt['val'].get('save_img', False),
+                                             logger=logger)
             if tracker is not None:
                 tracker.log({f'metrics/{name}/{k}': v for k, v in (results[name] or {}).items()}, current_iter)
                 strip = sample_strip(model, loader)
@@ -163,38 +161,38 @@ def validate(model, val_loaders, current_iter, tb_logger, opt, logger, tracker=N
 
 class Trainer:
     """The training loop with named steps: ``prepare`` (state, folders, logs, data, model), ``run`` (epochs of
-    ``train_step`` + ``after_step``: log, checkpoint, SIGTERM, validation), ``finish`` (final state, latest
-    weights, last validation). Models only see ``feed_data`` / ``optimize_parameters`` and the calls in
+    ``run_iteration`` + ``after_iteration``: log, checkpoint, SIGTERM, validation), ``finish`` (final state,
+    latest weights, last validation). Models only see ``feed_data`` / ``optimize_parameters`` and the calls in
     :mod:`irtoolkit.models.base_model`."""
 
-    def __init__(self, opt, auto_resume=False, launcher='none'):
-        self.opt, self.rank = opt, opt['rank']
-        self.auto_resume, self.launcher = auto_resume, launcher
+    def __init__(self, opt, run, auto_resume=False):
+        self.opt, self.context, self.rank = opt, run, run.rank
+        self.auto_resume = auto_resume
         self.epoch, self.current_iter, self.start_batch, self.batch_idx = 0, 0, 0, 0
         self.last_checkpoint = None
         self.total_iter = int(opt['train']['total_iter'])
-        self.accumulate = int(opt['train'].get('accumulate') or 1)
+        self.accumulate = run.accumulate
 
     # ------------------------------------------------------------------ prepare
     def prepare(self):
-        opt = self.opt
+        opt, paths = self.opt, self.context.paths
         self.resume_path = opt['path'].get('resume_state')
         self.state = safe_load(self.resume_path) if self.resume_path else None  # explicit: must load
         unusable = []  # logged once the run's log is open
         if self.auto_resume and not self.resume_path:  # the newest state whose files all load
-            self.resume_path, self.state = latest_usable_state(opt['path']['training_states'], opt['path']['models'],
+            self.resume_path, self.state = latest_usable_state(paths['training_states'], paths['models'],
                                                                unusable.append)
         if self.rank == 0:
             if self.state is None:
-                fresh_experiment_dir(opt)
-            copy_options(opt, opt['path']['experiments_root'])
+                fresh_experiment_dir(self.context)
+            copy_options(opt, paths['experiments_root'], self.context.opt_path)
         dist_util.barrier()
         self.prepare_logging()
         for line in unusable:
             self.logger.warning(line)
         set_random_seed(opt['manual_seed'] + self.rank)
         self.prepare_data()
-        self.model = build_training_model(opt, self.state)
+        self.model = build_run_model(opt, self.context, self.state)
         self.prepare_validation()
         if self.state is not None:
             self.restore()
@@ -205,38 +203,33 @@ class Trainer:
 
     def prepare_logging(self):
         opt = self.opt
-        log_file = osp.join(opt['path']['log'], f'train_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
+        log_file = osp.join(self.context.paths['log'], f'train_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
         self.logger = get_logger(log_file, self.rank)
-        self.logger.info(f'irtoolkit: torch {torch.__version__}, device {run_device(opt).type}, world size '
-                         f'{opt["world_size"]}, launcher {self.launcher}')
+        self.logger.info(f'irtoolkit: torch {torch.__version__}, {self.context.describe()}')
         self.logger.info('options:\n' + dict2str(opt))
         self.tb_logger = None
         if self.rank == 0 and opt['logger'].get('use_tb_logger') and 'debug' not in opt['name']:
-            self.tb_logger = init_tb_logger(osp.join(opt['root_path'], 'tb_logger', opt['name']))
-        self.tracker = build_tracker(opt, resumed=self.state is not None)
+            self.tb_logger = init_tb_logger(osp.join(self.context.root_path, 'tb_logger', opt['name']))
+        self.tracker = build_tracker(opt, self.context, resumed=self.state is not None)
 
     def prepare_data(self):
-        opt, seed = self.opt, self.opt['manual_seed']
-        use_cuda = run_device(opt).type == 'cuda'
-        self.train_opt = train_opt = opt['datasets']['train']
+        opt, seed, world = self.opt, self.opt['manual_seed'], self.context.world_size
+        train_opt = dict(opt['datasets']['train'])
+        if self.context.batch_size_per_gpu:  # derived from global_batch_size for this world size
+            train_opt['batch_size_per_gpu'] = self.context.batch_size_per_gpu
+        self.train_opt = train_opt
         train_set = build_dataset(train_opt, 'datasets.train')
-        self.train_loader, self.sampler = build_dataloader(train_set, train_opt, 'train', opt['world_size'], self.rank,
-                                                           seed, use_cuda, 'datasets.train')
+        self.train_loader, self.sampler = build_dataloader(train_set, train_opt, 'train', world, self.rank, seed,
+                                                           self.context.device.type == 'cuda', 'datasets.train')
         per_epoch = max(len(self.train_loader) // self.accumulate, 1)
-        batch, world = train_opt['batch_size_per_gpu'], opt['world_size']
+        batch = train_opt['batch_size_per_gpu']
         self.logger.info(f'train set {train_opt.get("name")}: {len(train_set)} samples, batch {batch} x {world} '
                          f'rank(s) x {self.accumulate} accumulation step(s) = {batch * world * self.accumulate} per '
                          f'iteration, {per_epoch} iters/epoch, {self.total_iter} iters '
                          f'(~{math.ceil(self.total_iter / per_epoch)} epochs)')
 
     def prepare_validation(self):
-        """Validation loaders: sharded over the ranks when the model gathers its scores, else whole on every rank
-        (the model validates on rank 0)."""
-        opt, seed = self.opt, self.opt['manual_seed']
-        world, rank = (opt['world_size'], self.rank) if getattr(self.model, 'sharded_validation', False) else (1, 0)
-        self.val_loaders = [build_dataloader(build_dataset(d, f'datasets.{k}'), d, 'val', world, rank, seed,
-                                             run_device(opt).type == 'cuda', f'datasets.{k}')[0]
-                            for k, d in opt['datasets'].items() if k.startswith('val')]
+        self.val_loaders = validation_loaders(self.model, self.opt, self.context, 'val')
 
     def restore(self):
         """Networks, optimisers, position in the epoch and RNG streams of the training state being resumed."""
@@ -284,19 +277,19 @@ class Trainer:
             micro.append(batch)
             if len(micro) < self.accumulate:
                 continue
-            self.train_step(micro)
+            self.run_iteration(micro)
             micro = []
-            self.after_step()
+            self.after_iteration()
             if self.current_iter >= self.total_iter:
                 return
         self.epoch += 1
 
-    def train_step(self, micro):
+    def run_iteration(self, micro):
         """One iteration: the learning rate, then every micro-batch through the model (one optimiser step)."""
         data_time = time.time() - self.t_data
         self.current_iter += 1
         self.batch_idx += len(micro)
-        self.model.update_learning_rate(self.current_iter, self.opt['train'].get('warmup_iter', -1))
+        self.model.update_learning_rate(self.current_iter, self.opt['train']['warmup_iter'])
         for k, batch in enumerate(micro):  # one batch: no micro-batch context (basicsr models have none)
             with self.model.micro_batch(k, len(micro)) if len(micro) > 1 else contextlib.nullcontext():
                 self.model.feed_data(batch)
@@ -304,7 +297,7 @@ class Trainer:
         self.progress.update(self.current_iter, self.epoch, self.model.get_current_learning_rate(),
                              self.model.get_current_log(), time.time() - self.t_data, data_time)
 
-    def after_step(self):
+    def after_iteration(self):
         """Checkpoint (every ``save_checkpoint_freq`` and on SIGTERM, then exit 143), validation."""
         save_freq = self.opt['logger'].get('save_checkpoint_freq')
         stopping = self.stop.should_stop()
@@ -321,14 +314,14 @@ class Trainer:
 
     @property
     def val_freq(self):
-        return (self.opt.get('val') or {}).get('val_freq') if self.val_loaders else None
+        return self.opt['val'].get('val_freq') if self.val_loaders else None
 
     def checkpoint(self):
         self.logger.info(f'Saving models and training states at iter {self.current_iter}.')
         self.model.save(self.current_iter, self.epoch, self.batch_idx)
-        self.last_checkpoint = osp.join(self.opt['path']['training_states'], f'{self.current_iter}.state')
+        self.last_checkpoint = osp.join(self.context.paths['training_states'], f'{self.current_iter}.state')
         if self.rank == 0:
-            prune_checkpoints(self.opt['path']['models'], self.opt['path']['training_states'],
+            prune_checkpoints(self.context.paths['models'], self.context.paths['training_states'],
                               self.opt['logger'].get('keep_last_checkpoints'))
 
     def finish(self):
@@ -365,34 +358,42 @@ def user_errors(fn, argv=None):
         raise SystemExit(2) from None
 
 
+def validation_loaders(model, opt, run, prefix):
+    """Loaders of the ``datasets`` whose key starts with ``prefix`` ('val' in training, every one in testing): sharded
+    over the ranks when the model gathers its scores (``sharded_validation``), else whole on every rank (the model
+    validates on rank 0)."""
+    world, rank = (run.world_size, run.rank) if getattr(model, 'sharded_validation', False) else (1, 0)
+    phase = 'val' if run.is_train else 'test'
+    return [build_dataloader(build_dataset(d, f'datasets.{k}'), d, phase, world, rank, opt['manual_seed'],
+                             run.device.type == 'cuda', f'datasets.{k}')[0]
+            for k, d in opt['datasets'].items() if k.startswith(prefix)]
+
+
 def train(argv=None):
     args = parse_args(argv, True)
-    opt = setup_run(args, True)
-    Trainer(opt, args.auto_resume, args.launcher).run()
+    opt, run = setup_run(args, True)
+    Trainer(opt, run, args.auto_resume).run()
     return opt
 
 
 def test(argv=None):
     args = parse_args(argv, False)
-    opt = setup_run(args, False)
-    os.makedirs(opt['path']['results_root'], exist_ok=True)
-    log_file = osp.join(opt['path']['log'], f'test_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
-    logger = get_logger(log_file, opt['rank'])
+    opt, run = setup_run(args, False)
+    os.makedirs(run.paths['results_root'], exist_ok=True)
+    log_file = osp.join(run.paths['log'], f'test_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
+    logger = get_logger(log_file, run.rank)
     logger.info('options:\n' + dict2str(opt))
-    if not opt.get('datasets'):
-        raise OptionError(f'{opt["opt_path"]}: datasets: no test_* dataset given')
-    model = build_model(opt)
-    world, rank = (opt['world_size'], opt['rank']) if getattr(model, 'sharded_validation', False) else (1, 0)
-    loaders = [build_dataloader(build_dataset(d, f'datasets.{k}'), d, 'test', world, rank, opt['manual_seed'],
-                                key=f'datasets.{k}')[0] for k, d in opt['datasets'].items()]
-    save_img = (opt.get('val') or {}).get('save_img', True)
+    if not opt['datasets']:
+        raise OptionError(f'{run.where("datasets")}no test_* dataset given')
+    model = build_run_model(opt, run)
+    save_img = opt['val'].get('save_img', True)
     all_results = {}
-    for loader in loaders:
+    for loader in validation_loaders(model, opt, run, ''):
         name = loader.dataset.opt.get('name', 'test')
         logger.info(f'Testing {name} ({len(loader.dataset)} images)...')
         all_results[name] = model.validation(loader, opt['name'], None, save_img, logger=logger)
-    if opt['rank'] == 0:
-        with open(osp.join(opt['path']['results_root'], 'metrics.json'), 'w') as f:
+    if run.rank == 0:
+        with open(osp.join(run.paths['results_root'], 'metrics.json'), 'w') as f:
             json.dump(all_results, f, indent=2)
     dist_util.cleanup()
     return all_results

@@ -22,21 +22,21 @@ __all__ = ['WandbTracker', 'build_tracker', 'sample_strip']
 class WandbTracker:
     """Scalars, metrics and images of one run into one W&B run (rank 0 only)."""
 
-    def __init__(self, opt, resumed):
+    def __init__(self, opt, run, resumed):
         try:
             import wandb
         except ImportError:
-            raise OptionError(f'{opt.get("opt_path", "")}: logger.wandb: the wandb package is not installed '
+            raise OptionError(f'{run.where("logger.wandb")}the wandb package is not installed '
                               "(pip install 'irtoolkit[wandb]')") from None
         self.wandb, wopt = wandb, opt['logger']['wandb']
-        exp = opt['path']['experiments_root']
+        exp = run.paths['experiments_root']
         id_file = osp.join(exp, 'wandb_id')
         run_id = wopt.get('resume_id') or (open(id_file).read().strip() if resumed and osp.isfile(id_file) else None)
         # secrets, not the seeded streams: a new id must not shift the training's random draws
         run_id = run_id or ''.join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         self.run = wandb.init(project=wopt['project'], entity=wopt.get('entity'), name=wopt.get('name') or opt['name'],
                               id=run_id, resume='allow', dir=exp, mode=wopt.get('mode'), tags=wopt.get('tags'),
-                              config={k: v for k, v in opt.items() if k not in ('path', 'opt_path', 'root_path')})
+                              config={k: v for k, v in opt.items() if k != 'path'})
         with open(id_file, 'w') as f:
             f.write(run_id)
 
@@ -53,12 +53,12 @@ class WandbTracker:
         self.run.finish()
 
 
-def build_tracker(opt, resumed):
+def build_tracker(opt, run, resumed):
     """A :class:`WandbTracker` when ``logger.wandb.project`` is set (rank 0), else None."""
-    wopt = (opt.get('logger') or {}).get('wandb') or {}
-    if not wopt.get('project') or opt.get('rank', 0) != 0:
+    wopt = opt['logger'].get('wandb') or {}
+    if not wopt.get('project') or run.rank != 0:
         return None
-    return WandbTracker(opt, resumed)
+    return WandbTracker(opt, run, resumed)
 
 
 @torch.no_grad()

@@ -4,21 +4,21 @@
 embeds the degraded image with the query encoder and the clean image with the momentum key encoder and minimises
 
     InfoNCE + Content + Style                  (train.infonce_opt, content_opt, style_opt, as in ConStyleModel)
-    + CE(head(query), label)                   (train.cls_opt, iterations <= cls_iter; upstream: 50,000)
-    + KL(softmax(head_k(clean)) || softmax(head_q(degraded)))   (train.kl_opt, iterations <= kl_iter; upstream:
-                                                                 every iteration)
+    + CE(head(query), label)                   (train.cls_opt, iterations <= constyle.cls_iter; upstream: 50,000)
+    + KL(softmax(head_k(clean)) || softmax(head_q(degraded)))   (train.kl_opt, iterations <= constyle.kl_iter;
+                                                                 upstream: every iteration)
 
 The two class-head terms need a head; they reach only the query encoder's conv stages and head (the MLP latents
 feed InfoNCE, Content and Style), never the key encoder, which follows by momentum.
 
-Labels of the head (``train.cls_labels``): ``dataset`` reads the batch's ``label`` (``LabeledImageDataset``: class
+Labels of the head (``constyle.cls_labels``): ``dataset`` reads the batch's ``label`` (``LabeledImageDataset``: class
 folders such as ImageNet's, or a label file next to a folder or an LMDB; ``MultiDegradationDataset``: the set);
-``degradation`` uses the index of the degradation drawn by ``train.degradations``; ``auto`` (default) is
-``degradation`` when ``train.degradations`` is given, else ``dataset``.
+``degradation`` uses the index of the degradation drawn by ``constyle.degradations``; ``auto`` (default) is
+``degradation`` when ``constyle.degradations`` is given, else ``dataset``.
 
 Data: unlike upstream v2 (independent random crops for LQ and GT, so the positive was a different crop), the
 degraded image is always the same crop as the clean one (pixel-aligned):
-    * ``train.degradations: {name: [degradation specs], ...}`` degrades the clean ``gt`` batch on the fly, one
+    * ``constyle.degradations: {name: [degradation specs], ...}`` degrades the clean ``gt`` batch on the fly, one
       named degradation per sample drawn uniformly (specs are those of
       ``irtoolkit.data.degradations.build_degradation``: haze, rain, gaussian_noise, motion_blur, jpeg,
       realesrgan ...);
@@ -34,13 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from irtoolkit.config.schema import Option
 from irtoolkit.data.degradations import build_degradation
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.models.constyle_model import build_constyle_losses, constyle_loss_terms
 from irtoolkit.utils.dist import bare
 from irtoolkit.utils.registry import MODEL_REGISTRY
-from irtoolkit.utils.errors import OptionError
-from irtoolkit.config.schema import Option
 
 logger = logging.getLogger('irtoolkit')
 
@@ -48,54 +47,47 @@ logger = logging.getLogger('irtoolkit')
 @MODEL_REGISTRY.register()
 class ConStylePretrainModel(BaseModel):
     sharded_validation = False  # retrieval within the whole validation set: rank 0 scores it all
-    OPTION_SCHEMA = {'train': {
-        'degradations': Option(dict, doc='{name: [degradation specs]}: degrade gt on the fly, the index is the label'),
+    OPTION_SCHEMA = {'constyle': {
+        'degradations': Option(dict, None,
+                               doc='{name: [degradation specs]}: degrade gt on the fly, the index is the label'),
         'cls_iter': Option(int, None, doc='last iteration of the classification loss; unset: every iteration'),
         'kl_iter': Option(int, None, doc='last iteration of the KL distillation loss; unset: every iteration'),
         'cls_labels': Option(str, 'auto', choices=('auto', 'dataset', 'degradation'),
                              doc="labels of the class head: the batch's label, the on-the-fly degradation's index, "
-                                 'or auto (degradation with train.degradations, else dataset)'),
+                                 'or auto (degradation with constyle.degradations, else dataset)'),
     }}
+    RENAMED_OPTIONS = {f'train.{k}': f'constyle.{k}' for k in ('degradations', 'cls_iter', 'kl_iter', 'cls_labels')}
 
     # ------------------------------------------------------------------ networks and losses
     def setup_networks(self):
         self.net_g = self.build_net('network_g')
         net = bare(self.net_g)
         if not (hasattr(net, 'train_forward') and hasattr(net, 'encoder_q')):
-            raise OptionError(f'{self.opt.get("opt_path", "")}: network_g.type: ConStylePretrainModel trains a '
-                              f'ConStyle network, got {type(net).__name__}')
+            raise self.option_error('network_g.type', f'ConStylePretrainModel trains a ConStyle network, got '
+                                    f'{type(net).__name__}')
 
     def setup_training_networks(self):
         if not bare(self.net_g).Train:
-            raise OptionError(f'{self.opt.get("opt_path", "")}: network_g.Train: must be true to pre-train ConStyle')
-        specs = self.opt['train'].get('degradations') or {}
-        self.degradations = [(name, build_degradation(s, f'train.degradations.{name}')) for name, s in specs.items()]
-        source = self.opt['train']['cls_labels']
+            raise self.option_error('network_g.Train', 'must be true to pre-train ConStyle')
+        copt = self.opt['constyle']
+        self.degradations = [(name, build_degradation(s, f'constyle.degradations.{name}'))
+                             for name, s in (copt['degradations'] or {}).items()]
+        source = copt['cls_labels']
         if source == 'degradation' and not self.degradations:
-            raise OptionError(f'{self.opt.get("opt_path", "")}: train.cls_labels: degradation needs train.degradations')
+            raise self.option_error('constyle.cls_labels', 'degradation needs constyle.degradations')
         self.labels_from_degradation = source == 'degradation' or (source == 'auto' and bool(self.degradations))
 
     def setup_losses(self):
         losses = build_constyle_losses(self)
         for name in ('cls', 'kl'):
             if self.opt['train'].get(f'{name}_opt') and bare(self.net_g).encoder_q.classifier is None:
-                raise OptionError(f'{self.opt.get("opt_path", "")}: train.{name}_opt needs network_g.num_classes > 0 '
-                                  '(the class head)')
+                raise self.option_error(f'train.{name}_opt', 'needs network_g.num_classes > 0 (the class head)')
         losses.update(self.build_losses(optional=('cls', 'kl')))
         if not losses:
-            raise OptionError(f'{self.opt.get("opt_path", "")}: train: no loss (infonce_opt, content_opt, style_opt, '
-                              'cls_opt, kl_opt)')
+            raise self.option_error('train', 'no loss (infonce_opt, content_opt, style_opt, cls_opt, kl_opt)')
         return losses
 
     # ------------------------------------------------------------------ data
-    def feed_data(self, data):
-        self.gt = data['gt'].to(self.device)
-        self.label = data['label'].to(self.device).long() if 'label' in data else None
-        if 'lq' in data:
-            self.lq = data['lq'].to(self.device)
-        elif not getattr(self, 'degradations', None):
-            raise KeyError('ConStylePretrainModel: the batch has no "lq"; give train.degradations or paired data')
-
     def degrade(self, gt):
         """Degrade each clean (C, H, W) crop in place of its own pixels; returns (lq, labels)."""
         # drawn from numpy's global stream, which the runner seeds and checkpoints (exact resume)
@@ -107,37 +99,44 @@ class ConStylePretrainModel(BaseModel):
         lq = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().to(gt.dtype)
         return lq, torch.from_numpy(labels).long()
 
+    def training_pair(self, batch):
+        """(lq, gt, label) of a training batch: degraded on the fly with ``constyle.degradations`` (here, not when
+        the batch is fed: validation pairs stay as read), else the batch's own ``lq``."""
+        gt, label = batch['gt'], batch.get('label')
+        label = label.long() if label is not None else None
+        if self.degradations:
+            lq, deg_label = (t.to(self.device) for t in self.degrade(gt.cpu()))
+            return lq, gt, deg_label if self.labels_from_degradation else label
+        if 'lq' not in batch:
+            raise KeyError('ConStylePretrainModel: the batch has no "lq"; give constyle.degradations or paired data')
+        return batch['lq'], gt, label
+
     # ------------------------------------------------------------------ training
-    def optimize_parameters(self, current_iter):
-        if self.degradations:  # on the fly, here and not in feed_data: validation pairs stay as read
-            lq, deg_label = (t.to(self.device) for t in self.degrade(self.gt.cpu()))
-            self.lq = lq
-            if self.labels_from_degradation:
-                self.label = deg_label
-        self.zero_grad('g')
+    def train_iteration(self, batch, current_iter):
+        lq, gt, label = self.training_pair(batch)
+        terms = self.optimize('g', self.g_losses, lq, gt, label, current_iter)
+        self.record(l_total=sum(terms.values()))
+
+    def g_losses(self, lq, gt, label, current_iter):
+        """InfoNCE, content and style of the prior, and the class-head terms while they are active."""
         with self.autocast():
-            out = self.net_g(self.lq, self.gt)  # through forward, so DDP sees it
-        total, loss_dict = constyle_loss_terms(self.losses, out)
+            out = self.net_g(lq, gt)  # through forward, so DDP sees it
+        terms = constyle_loss_terms(self.losses, out, self.record)
         if self.term_active('cls', current_iter):
-            if self.label is None:
+            if label is None:
                 raise KeyError('ConStylePretrainModel: train.cls_opt needs labels: the batch has no "label" '
-                               '(use a labelled dataset or train.degradations)')
+                               '(use a labelled dataset or constyle.degradations)')
             logits = out['logits_q'].float()
-            loss_dict['l_cls'] = self.losses['cls'](logits, self.label)
-            total = total + loss_dict['l_cls']
+            terms['cls'] = self.losses['cls'](logits, label)
             with torch.no_grad():
-                loss_dict['acc_cls'] = (logits.argmax(1) == self.label).float().mean()
+                self.record(acc_cls=(logits.argmax(1) == label).float().mean())
         if self.term_active('kl', current_iter):
-            loss_dict['l_kl'] = self.losses['kl'](out['logits_q'].float(), out['logits_k'].float())
-            total = total + loss_dict['l_kl']
-        loss_dict['l_total'] = total
-        self.backward_step(total, 'g', terms=loss_dict)
-        self.reduce_loss_dict(loss_dict)
-        self.update_ema()
+            terms['kl'] = self.losses['kl'](out['logits_q'].float(), out['logits_k'].float())
+        return terms
 
     def term_active(self, name, current_iter):
-        """Whether the class-head term ``name`` (cls, kl) is configured and ``current_iter <= train.<name>_iter``."""
-        last = self.opt['train'][f'{name}_iter']
+        """Whether the class-head term ``name`` (cls, kl) is configured and ``current_iter <= constyle.<name>_iter``."""
+        last = self.opt['constyle'][f'{name}_iter']
         return name in self.losses and (last is None or current_iter <= last)
 
     # ------------------------------------------------------------------ validation
@@ -152,13 +151,13 @@ class ConStylePretrainModel(BaseModel):
         try:
             for data in dataloader:
                 self.feed_data(data)
-                q, _, lg = net.encoder_q(self.lq)
-                k = (net.encoder_k if net.Train else net.encoder_q)(self.gt)[0][1]
+                q, _, lg = net.encoder_q(self.batch['lq'])
+                k = (net.encoder_k if net.Train else net.encoder_q)(self.batch['gt'])[0][1]
                 zq.append(F.normalize(q[1].float(), dim=1))
                 zk.append(F.normalize(k.float(), dim=1))
-                if lg is not None and self.label is not None:
+                if lg is not None and self.batch.get('label') is not None:
                     logits.append(lg)
-                    labels.append(self.label)
+                    labels.append(self.batch['label'].long())
         finally:
             net.train(was_training)
         zq, zk = torch.cat(zq), torch.cat(zk)

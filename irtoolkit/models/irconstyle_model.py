@@ -2,7 +2,7 @@
 
 A ConStyle prior pre-trained on its own (``ConStylePretrainModel``, or any checkpoint holding ConStyle weights) is
 loaded into ``net_g.ConStyle``, frozen (no gradients), and only the backbone trains with the image losses
-(``train.pixel_opt`` ...). The frozen prior's BatchNorm follows ``train.ConStyle_bn`` (``eval``: stored statistics,
+(``train.pixel_opt`` ...). The frozen prior's BatchNorm follows ``constyle.frozen_bn`` (``eval``: stored statistics,
 as in testing; ``train``: upstream's batch statistics, see ``ConStyleModel``). Options:
 
     path.pretrain_constyle: path        # a ConStyle checkpoint (keys encoder_q.*) or a whole ConStyle<X> one
@@ -19,7 +19,6 @@ from irtoolkit.models.constyle_model import CONSTYLE_LOSS_KEYS, ConStyleModel
 from irtoolkit.utils.checkpoint import read_state_dict
 from irtoolkit.utils.dist import bare
 from irtoolkit.utils.registry import MODEL_REGISTRY
-from irtoolkit.utils.errors import OptionError
 from irtoolkit.config.schema import Option
 
 logger = logging.getLogger('irtoolkit')
@@ -61,8 +60,10 @@ def load_constyle(constyle, path, param_key=None, strict=True):
 
 @MODEL_REGISTRY.register()
 class IRConStyleModel(ConStyleModel):
-    OPTION_SCHEMA = {
-        'train': ConStyleModel.OPTION_SCHEMA['train'],
+    """ConStyle v2's second stage: a pre-trained ConStyle prior loaded (``path.pretrain_constyle``) and frozen; only
+    the backbone trains, with the image losses."""
+
+    OPTION_SCHEMA = {  # and ConStyleModel's keys (constyle.frozen_bn ...), inherited
         'path': {'pretrain_constyle': Option(str, doc='ConStyle checkpoint (encoder_q.* keys) or a whole ConStyle<X>'),
                  'param_key_constyle': Option(str, doc='checkpoint entry; unset: params_ema when present, else params'),
                  'strict_load_constyle': Option(bool, True, doc='after the documented drops, every key must match')},
@@ -71,25 +72,25 @@ class IRConStyleModel(ConStyleModel):
 
     def setup_networks(self):
         super().setup_networks()
-        path_opt = self.opt.get('path') or {}
+        path_opt = self.opt['path']
         if path_opt.get('pretrain_constyle'):
             if not hasattr(bare(self.net_g), 'ConStyle'):
-                raise OptionError(f'{self.opt.get("opt_path", "")}: network_g: {type(bare(self.net_g)).__name__} has '
-                                  'no ConStyle to load path.pretrain_constyle into')
+                raise self.option_error('network_g', f'{type(bare(self.net_g)).__name__} has no ConStyle to load '
+                                        'path.pretrain_constyle into')
             load_constyle(bare(self.net_g).ConStyle, path_opt['pretrain_constyle'], path_opt.get('param_key_constyle'),
                           path_opt.get('strict_load_constyle', True))
             logger.info(f'Loaded the ConStyle prior from {path_opt["pretrain_constyle"]}')
 
     def setup_training_networks(self):
         super().setup_training_networks()
-        path_opt = self.opt.get('path') or {}
+        path_opt = self.opt['path']
         if not path_opt.get('pretrain_constyle') and not path_opt.get('pretrain_network_g'):
             logger.warning('IRConStyleModel: no path.pretrain_constyle: the frozen prior keeps its random weights')
         ignored = [k for k in CONSTYLE_LOSS_KEYS if k in self.opt['train']]
         if ignored:
             logger.info(f'IRConStyleModel: the prior is frozen; ignoring train.{", train.".join(ignored)}')
         self.constyle_iter = -1
-        bare(self.net_g).ConStyle.freeze(self.opt['train']['ConStyle_bn'])  # before the EMA copy and the optimiser
+        bare(self.net_g).ConStyle.freeze(self.opt['constyle']['frozen_bn'])  # before the EMA copy and the optimiser
 
     def init_training_settings(self):
         super().init_training_settings()

@@ -42,6 +42,7 @@ from collections import OrderedDict
 
 import torch
 
+from irtoolkit.config.schema import Option
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import PatchProjectionHeads
 from irtoolkit.contrastive.samplers import build_sampler
@@ -49,8 +50,6 @@ from irtoolkit.contrastive.training import discriminator_loss, embed_patches
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.dist import bare
 from irtoolkit.utils.registry import MODEL_REGISTRY
-from irtoolkit.utils.errors import OptionError
-from irtoolkit.config.schema import Option
 
 NLCL_SCHEMA = {
     'rain_mode': Option(str, 'network', choices=('network', 'residual'),
@@ -86,28 +85,20 @@ class NLCLModel(BaseModel):
         self.net_g = self.build_net('network_g')
 
     def setup_training_networks(self):
-        nopt, where = self.opt['nlcl'], f'{self.opt.get("opt_path", "")}: '
-        self._identity_init(nopt['identity_init'] or [], where)
+        nopt, where = self.opt['nlcl'], self.run.where()
+        self._identity_init(nopt['identity_init'] or [])
         self.net_r = self.build_net('network_r', 'net_r') if nopt['rain_mode'] == 'network' else None
         self.net_d = self.build_net('network_d', 'net_d')
-        self.use_contrast = (self.opt['train'] or {}).get('nlcl_opt') is not None
+        self.use_contrast = self.opt['train'].get('nlcl_opt') is not None
         if not self.use_contrast:
             return
-        try:
-            self.loc_sampler = build_sampler(nopt['location_sampler'], 'nonlocal')
-            self.layer_sampler = build_sampler(nopt['layer_sampler'], 'nonlocal')
-            self.loc_encoder = build_encoder(nopt['location_encoder'], self.net_g, self.net_d,
-                                             f'{where}nlcl.location_encoder').to(self.device)
-            self.layer_encoder = build_encoder(nopt['layer_encoder'], self.net_g, self.net_d,
-                                               f'{where}nlcl.layer_encoder').to(self.device)
-        except ValueError as err:
-            raise OptionError(f'{where}nlcl.{err}' if not str(err).startswith(where) else str(err)) from None
-        head_opt = nopt['head'] or {}
-        try:
-            heads = [PatchProjectionHeads(enc.channels(), **head_opt)
-                     for enc in (self.loc_encoder, self.layer_encoder, self.layer_encoder)]
-        except TypeError as err:
-            raise OptionError(f'{where}nlcl.head: {err}') from None
+        self.loc_sampler = self.checked(lambda: build_sampler(nopt['location_sampler'], 'nonlocal'), 'nlcl.')
+        self.layer_sampler = self.checked(lambda: build_sampler(nopt['layer_sampler'], 'nonlocal'), 'nlcl.')
+        self.loc_encoder, self.layer_encoder = (
+            self.checked(lambda: build_encoder(nopt[key], self.net_g, self.net_d, f'{where}nlcl.{key}'), 'nlcl.')
+            .to(self.device) for key in ('location_encoder', 'layer_encoder'))
+        heads = [self.checked(lambda: PatchProjectionHeads(enc.channels(), **(nopt['head'] or {})), 'nlcl.head: ')
+                 for enc in (self.loc_encoder, self.layer_encoder, self.layer_encoder)]
         # DDP-wrapped when distributed; checkpoints keep the bare key names
         self.h_loc, self.h_bg, self.h_rain = (self.add_net(name, h)
                                               for name, h in zip(('net_h_loc', 'net_h_bg', 'net_h_rain'), heads))
@@ -116,30 +107,22 @@ class NLCLModel(BaseModel):
         return self.build_losses(required=('gan', ), optional=('nlcl', 'recon', 'fidelity'))
 
     def setup_optimizers(self):
-        g_params = list(self.net_g.parameters()) + (list(self.net_r.parameters()) if self.net_r is not None else [])
-        self.add_optimizer('g', g_params, 'optim_g')
-        self.add_optimizer('d', self.net_d.parameters(), 'optim_d')
+        self.add_optimizer('g', 'optim_g', ('net_g', ) + (('net_r', ) if self.net_r is not None else ()))
+        self.add_optimizer('d', 'optim_d', ('net_d', ))
         if self.use_contrast:  # one optimiser over *all* heads: the release built one on the wrong net
-            self.add_optimizer('heads', [p for h in (self.h_loc, self.h_bg, self.h_rain) for p in h.parameters()],
-                               'optim_heads')
+            self.add_optimizer('heads', 'optim_heads', ('net_h_loc', 'net_h_bg', 'net_h_rain'))
 
-    @property
-    def g_nets(self):
-        """What learns in the G step: G_B, G_R and the heads."""
-        return ('net_g', ) + (('net_r', ) if self.net_r is not None else ()) + \
-            (('net_h_loc', 'net_h_bg', 'net_h_rain') if self.use_contrast else ())
-
-    def _identity_init(self, names, where):
+    def _identity_init(self, names):
         """Zero the weights and biases of ``names`` (modules of G_B, e.g. NAFNet's ``ending``): with a global skip
         G_B(O) = O at step 0, so B starts at the rainy input instead of the input plus a random conv's output (NAFNet's
         default init puts the demo's B ~4 dB below O, and the EMA carries that for hundreds of iterations). Skipped
         when ``path.pretrain_network_g`` loads weights."""
-        if not names or (self.opt.get('path') or {}).get('pretrain_network_g'):
+        if not names or self.opt['path'].get('pretrain_network_g'):
             return
         modules = dict(bare(self.net_g).named_modules())
         for name in names:
             if name not in modules or not hasattr(modules[name], 'weight'):
-                raise OptionError(f'{where}nlcl.identity_init: {name!r} is not a module with weights of network_g')
+                raise self.option_error('nlcl.identity_init', f'{name!r} is not a module with weights of network_g')
             with torch.no_grad():
                 for p in modules[name].parameters(recurse=False):
                     p.zero_()
@@ -165,36 +148,29 @@ class NLCLModel(BaseModel):
         return q, k
 
     # ------------------------------------------------------------------ one iteration
-    def optimize_parameters(self, current_iter):
-        log = OrderedDict()
+    def train_iteration(self, batch, current_iter):
+        o, clean = batch['lq'], batch['gt']
         warmup = current_iter <= self.opt['nlcl']['d_warmup_iter']
-        self.forward(with_grad=not warmup)
-        self.step('d', ('net_d', ), self.d_losses, log)
+        with self.autocast(), torch.set_grad_enabled(not warmup):  # B = G_B(O); D alone while it warms up
+            b = self.net_g(o).float()
+        self.optimize('d', self.d_losses, clean, b)
         if not warmup:
-            self.step(('g', 'heads') if self.use_contrast else 'g', self.g_nets, self.g_losses, log)
-            self.update_ema()
-        self.reduce_loss_dict(log)
+            self.optimize(('g', 'heads') if self.use_contrast else 'g', self.g_losses, o, clean, b)
 
-    def forward(self, with_grad=True):
-        """B = G_B(O) (with gradient unless D is warming up alone)."""
-        with self.autocast(), torch.set_grad_enabled(with_grad):
-            self.output = self.net_g(self.lq).float()
-
-    def d_losses(self):
+    def d_losses(self, clean, b):
         """D: clean images real, predicted backgrounds (detached) fake."""
-        return OrderedDict(d=discriminator_loss(self.losses['gan'], self.net_d, self.gt, self.output))
+        return OrderedDict(d=discriminator_loss(self.losses['gan'], self.net_d, clean, b))
 
-    def g_losses(self):
+    def g_losses(self, o, clean, b):
         """G_B, G_R and the heads, D fixed (critic and contrastive encoder): GAN + non-local contrast (location,
         layer) + reconstruction + fidelity."""
-        o, b = self.lq, self.output
         r = self._rain(o, b)
         # the frozen critic through its bare module: a DDP forward whose parameters get no gradient would leave DDP
         # waiting for that reduction
         terms = OrderedDict(g_gan=self.losses['gan'](bare(self.net_d)(b), True, is_disc=False))
         if self.use_contrast:
             loss = self.losses['nlcl']
-            _, raw = self._contrast(o, b, r)
+            _, raw = self._contrast(o, clean, b, r)
             scale = loss.loss_weight
             terms['location'] = scale * loss.lambda_location * raw['location']
             terms['layer'] = scale * loss.lambda_layer * raw['layer']
@@ -204,15 +180,15 @@ class NLCLModel(BaseModel):
             terms['fidelity'] = self.losses['fidelity'](b, o)
         return terms
 
-    def _contrast(self, o, b, r):
+    def _contrast(self, o, clean, b, r):
         """NonLocalContrastiveLoss of location pairs (O vs B, and y vs G_B(y) with ``idt``) and layer patches."""
         nopt = self.opt['nlcl']
         q, k = self._loc_pair(o, b)
         q_idt = k_idt = None
         if nopt['idt']:
             with self.autocast():
-                b_y = self.net_g(self.gt).float()
-            q_idt, k_idt = self._loc_pair(self.gt, b_y)
+                b_y = self.net_g(clean).float()
+            q_idt, k_idt = self._loc_pair(clean, b_y)
         with torch.no_grad():
             c_bg = self.layer_sampler(b, nopt['num_bg'])  # self-similar background patches
             c_rain = self.layer_sampler(r, nopt['num_rain'])  # self-similar rain patches (independent centre)

@@ -28,14 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irtoolkit.config.schema import NUM, Option
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.feature_tap import FeatureTap
 from irtoolkit.contrastive.heads import FeatureProjector
 from irtoolkit.contrastive.samplers import RandomPatchSampler, gather
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.registry import MODEL_REGISTRY
-from irtoolkit.utils.errors import OptionError
-from irtoolkit.config.schema import NUM, Option
 
 
 def _teacher_list(value):
@@ -46,14 +45,14 @@ def _teacher_list(value):
 
 STAGE1_SCHEMA = {
     'teachers': Option(_teacher_list, doc='one frozen teacher per degradation label, loaded from its checkpoint'),
-    'label_key': Option(str, doc='batch key of the degradation label; unset: deg_type, else label'),
+    'label_key': Option(str, None, doc='batch key of the degradation label; unset: deg_type, else label'),
     'student_layers': Option(list, ['intro'], doc='student modules whose features are contrasted'),
-    'teacher_layers': Option(list, doc="teacher modules paired with student_layers; unset: the student's names"),
+    'teacher_layers': Option(list, None, doc="teacher modules paired with student_layers; unset: the student's names"),
     'proj_channels': Option(int, 64, doc='channels of the common projection space'),
     'num_patches': Option(int, 64, doc='feature-grain patches per image'),
     'feature_negatives': Option(str, 'other_teachers', choices=('other_teachers', 'none'),
                                 doc="feature-grain negatives: the other teachers' projections, or none"),
-    'image_encoder': Option(dict, doc="image-grain features ({type: teacher|vgg|timm|self}); unset: the sample's "
+    'image_encoder': Option(dict, None, doc="image-grain features ({type: teacher|vgg|timm|self}); unset: the sample's "
                             'teacher at teacher_layers'),
     'image_positive': Option(str, 'gt', choices=('gt', 'teacher'), doc='image-grain positive'),
     'batch_negatives': Option(bool, True, doc="every degraded input of the batch is a negative (TKL&MR's HCR)"),
@@ -93,7 +92,7 @@ class UniRemovalStage1Model(BaseModel):
     def setup_training_networks(self):
         uopt = self.opt['uniremoval']
         if not uopt.get('teachers'):
-            raise OptionError(f'{self.where}uniremoval.teachers: missing (a list of {{label, network, checkpoint}})')
+            raise self.option_error('uniremoval.teachers', 'missing (a list of {label, network, checkpoint})')
         self.teachers = [self.build_net(f'uniremoval.teachers[{i}]', f'net_teacher{i}', trainable=False, save=False,
                                         net_opt=t['network'], checkpoint={
                                             'path': t['checkpoint'], 'key': f'uniremoval.teachers[{i}].checkpoint',
@@ -102,22 +101,17 @@ class UniRemovalStage1Model(BaseModel):
         self.labels = [t['label'] for t in uopt['teachers']]
         s_layers, t_layers = uopt['student_layers'], uopt['teacher_layers'] or uopt['student_layers']
         if len(s_layers) != len(t_layers):
-            raise OptionError(f'{self.where}uniremoval.teacher_layers: {len(t_layers)} layers for {len(s_layers)} '
-                              'student_layers')
-        try:
-            self.s_tap = FeatureTap(self.net_g, s_layers, stop_after_last=False)
-            self.t_taps = [FeatureTap(t, t_layers, stop_after_last=False) for t in self.teachers]
-        except ValueError as err:
-            raise OptionError(f'{self.where}uniremoval.student_layers/teacher_layers: {err}') from None
-        self.use_mgcl = (self.opt['train'] or {}).get('mgcl_opt') is not None
+            raise self.option_error('uniremoval.teacher_layers', f'{len(t_layers)} layers for {len(s_layers)} '
+                                    'student_layers')
+        self.s_tap, self.t_taps = self.checked(lambda: (
+            FeatureTap(self.net_g, s_layers, stop_after_last=False),
+            [FeatureTap(t, t_layers, stop_after_last=False) for t in self.teachers]),
+            'uniremoval.student_layers/teacher_layers: ')
+        self.use_mgcl = self.opt['train'].get('mgcl_opt') is not None
         if self.use_mgcl:  # without it (the ablation), no projectors and no image encoder
             self.proj = self.add_net('net_proj', self._projectors(uopt['proj_channels']))
             self.sampler = RandomPatchSampler(uopt['num_patches'])
             self._build_image_encoder(uopt['image_encoder'] or {'type': 'teacher', 'layers': t_layers}, t_layers)
-
-    @property
-    def where(self):
-        return f'{self.opt.get("opt_path", "")}: '
 
     def _projectors(self, channels):
         """Student, teacher and inverse projectors, sized by a dry run of the student and the teachers."""
@@ -131,33 +125,31 @@ class UniRemovalStage1Model(BaseModel):
 
     def _build_image_encoder(self, enc_opt, t_layers):
         self.img_taps, self.img_encoder = None, None
-        try:
-            if enc_opt.get('type') == 'teacher':
-                self.img_taps = [FeatureTap(t, enc_opt.get('layers') or t_layers) for t in self.teachers]
-            else:
-                self.img_encoder = build_encoder(enc_opt, self.net_g, None, f'{self.where}uniremoval.image_encoder')
-                self.img_encoder = self.img_encoder.to(self.device)
-        except ValueError as err:
-            msg = str(err)
-            raise OptionError(msg if msg.startswith(self.where) else f'{self.where}uniremoval.image_encoder: {msg}') \
-                from None
+        if enc_opt.get('type') == 'teacher':
+            self.img_taps = self.checked(lambda: [FeatureTap(t, enc_opt.get('layers') or t_layers)
+                                                  for t in self.teachers], 'uniremoval.image_encoder: ')
+        else:
+            where = f'{self.run.where()}uniremoval.image_encoder'
+            self.img_encoder = self.checked(lambda: build_encoder(enc_opt, self.net_g, None, where),
+                                            'uniremoval.image_encoder: ').to(self.device)
 
     def setup_losses(self):
         return self.build_losses(optional=('distill', 'pixel', 'mgcl'))
 
     def setup_optimizers(self):
-        self.add_optimizer('g', [p for n in self.g_nets for p in self.networks[n].parameters()], 'optim_g')
-
-    @property
-    def g_nets(self):
-        return ('net_g', 'net_proj') if self.use_mgcl else ('net_g', )
+        self.add_optimizer('g', 'optim_g', ('net_g', 'net_proj') if self.use_mgcl else ('net_g', ))
 
     # ------------------------------------------------------------------ data
-    def feed_data(self, data):
-        super().feed_data(data)
-        label_key = self.opt.get('uniremoval', {}).get('label_key')
+    def batch_labels(self, batch):
+        """The teacher index of every sample, from the batch's degradation label (``uniremoval.label_key``, else
+        ``deg_type`` or ``label``)."""
+        label_key = self.opt['uniremoval']['label_key']
         keys = [label_key] if label_key else ['deg_type', 'label']
-        self.label = next((data[k] for k in keys if k in data), None)  # validation batches have none
+        labels = next((batch[k] for k in keys if k in batch), None)
+        if labels is None:
+            raise KeyError(f'UniRemovalStage1Model: the batch has no {" or ".join(keys)} (degradation label); '
+                           'use MultiDegradationDataset or set uniremoval.label_key')
+        return self._label_index(labels)
 
     def _label_index(self, labels):
         idx = []
@@ -178,68 +170,61 @@ class UniRemovalStage1Model(BaseModel):
         return stacked[idx, torch.arange(stacked.shape[1], device=stacked.device)]
 
     # ------------------------------------------------------------------ one iteration
-    def optimize_parameters(self, current_iter):
-        if self.label is None:
-            label_key = self.opt['uniremoval']['label_key']
-            keys = [label_key] if label_key else ['deg_type', 'label']
-            raise KeyError(f'UniRemovalStage1Model: the batch has no {" or ".join(keys)} (degradation label); '
-                           'use MultiDegradationDataset or set uniremoval.label_key')
-        log = OrderedDict()
-        self.forward()
-        terms = self.step('g', self.g_nets, self.g_losses, log)
-        log.update(self.diag, l_total=sum(terms.values()).detach())
-        self.reduce_loss_dict(log)
-        self.update_ema()
+    def train_iteration(self, batch, current_iter):
+        fwd = self.forward(batch['lq'], self.batch_labels(batch))
+        terms = self.optimize('g', self.g_losses, fwd, batch['gt'])
+        self.record(l_total=sum(terms.values()))
 
-    def forward(self):
-        """The frozen teachers' features and outputs (the sample's teacher's output picked), and the student's."""
-        self.idx = self._label_index(self.label)
+    def forward(self, lq, idx):
+        """The frozen teachers' features and outputs (sample b's teacher ``idx[b]``'s output picked) and the
+        student's, as a dict: ``lq``, ``idx``, ``t_feats`` [teacher][layer], ``t_out``, ``s_feats``, ``output``."""
         with torch.no_grad():
-            self.t_feats, t_outs = [], []
+            t_feats, t_outs = [], []
             for tap in self.t_taps:
-                self.t_feats.append(tap(self.lq))
+                t_feats.append(tap(lq))
                 t_outs.append(tap.output)
-            self.t_out = self._select(torch.stack(t_outs), self.idx)
+            t_out = self._select(torch.stack(t_outs), idx)
         with self.autocast():
-            self.s_feats = self.s_tap(self.lq)
-            self.output = self.s_tap.output.float()
+            s_feats = self.s_tap(lq)
+            output = self.s_tap.output.float()
+        return dict(lq=lq, idx=idx, t_feats=t_feats, t_out=t_out, s_feats=s_feats, output=output)
 
-    def g_losses(self):
+    def g_losses(self, fwd, gt):
         """Student and projectors: distillation towards the sample's teacher, pixel loss against gt, the two grains
         of the multi-grained contrast and the inverse projectors' reconstruction."""
-        terms, self.diag = OrderedDict(), OrderedDict()
+        terms = OrderedDict()
         if 'distill' in self.losses:
-            terms['distill'] = self.losses['distill'](self.output, self.t_out)
+            terms['distill'] = self.losses['distill'](fwd['output'], fwd['t_out'])
         if 'pixel' in self.losses:
-            terms['pixel'] = self.losses['pixel'](self.output, self.gt)
+            terms['pixel'] = self.losses['pixel'](fwd['output'], gt)
         if self.use_mgcl:
-            terms.update(self._contrastive_terms())
+            terms.update(self._contrastive_terms(fwd, gt))
         return terms
 
-    def _contrastive_terms(self):
+    def _contrastive_terms(self, fwd, gt):
         """The two grains of the multi-grained contrast (weighted; raw values logged) and the inverse projectors'
         reconstruction."""
-        terms, uopt, loss = OrderedDict(), self.opt['uniremoval'], self.losses['mgcl']
-        s_proj, t_proj, l_rec = self.proj([f.float() for f in self.s_feats], self.t_feats)
-        anchors, positives, negatives = self._feature_grain(self.idx, s_proj, t_proj)
-        a_img = self._image_feats(self.output, self.idx)
+        terms, uopt, loss, idx = OrderedDict(), self.opt['uniremoval'], self.losses['mgcl'], fwd['idx']
+        s_proj, t_proj, l_rec = self.proj([f.float() for f in fwd['s_feats']], fwd['t_feats'])
+        anchors, positives, negatives = self._feature_grain(fwd['lq'], idx, s_proj, t_proj)
+        a_img = self._image_feats(fwd['output'], idx)
         with torch.no_grad():
-            p_img = self._image_feats(self.gt if uopt['image_positive'] == 'gt' else self.t_out, self.idx)
-            n_img = self._image_negatives(self.idx)
+            p_img = self._image_feats(gt if uopt['image_positive'] == 'gt' else fwd['t_out'], idx)
+            n_img = self._image_negatives(fwd['lq'], idx)
         _, raw = loss({'feat': anchors, 'img': a_img}, {'feat': positives, 'img': p_img},
                       {'feat': negatives, 'img': n_img})
         for grain, value in raw.items():  # the weighted grains enter the total; raw values are logged too
             terms[f'mgcl_{grain}'] = loss.loss_weight * getattr(loss, f'{grain}_weight') * value
-            self.diag[f'l_mgcl_{grain}_raw'] = value.detach()
+            self.record(**{f'l_mgcl_{grain}_raw': value})
         if uopt['recon_weight']:
-            terms['proj_recon'] = uopt['recon_weight'] * l_rec / len(self.s_feats)
+            terms['proj_recon'] = uopt['recon_weight'] * l_rec / len(fwd['s_feats'])
         return terms
 
-    def _feature_grain(self, idx, s_proj, t_proj):
+    def _feature_grain(self, lq, idx, s_proj, t_proj):
         """Per layer: student patches (anchors), the sample's teacher's patches (positives, with gradient: the pull
         into the shared space) and, with ``feature_negatives: other_teachers``, every other teacher's patches
         (negatives, constants), all unit-norm."""
-        coords = self.sampler(self.lq)
+        coords = self.sampler(lq)
         n_teach, batch = len(self.teachers), len(idx)
         anchors, positives, negatives = [], [], []
         for layer in range(len(s_proj)):
@@ -263,11 +248,11 @@ class UniRemovalStage1Model(BaseModel):
         per_teacher = [tap(img) for tap in self.img_taps]  # frozen teachers: gradients reach img only
         return [self._select(torch.stack([f[layer] for f in per_teacher]), idx) for layer in range(len(per_teacher[0]))]
 
-    def _image_negatives(self, idx):
+    def _image_negatives(self, x, idx):
         """The degraded inputs as negatives, encoded by each anchor's own encoder: sample b's own input, or with
         ``batch_negatives`` every input of the batch, (B, M, C, H, W) per layer — with ``type: teacher`` row b holds
         teacher y_b's encodings of all inputs (TKL&MR's HCR, one encoder per anchor)."""
-        x, batch = self.lq, self.lq.shape[0]
+        batch = x.shape[0]
         if not self.opt['uniremoval']['batch_negatives'] or batch == 1:
             return self._image_feats(x, idx)
         if self.img_encoder is not None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irtoolkit.config.schema import Option
 from irtoolkit.contrastive.encoders import build_encoder
 from irtoolkit.contrastive.heads import momentum_update
 from irtoolkit.contrastive.queue import EmbeddingQueue
@@ -32,8 +33,6 @@ from irtoolkit.contrastive.training import discriminator_loss
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.dist import bare
 from irtoolkit.utils.registry import MODEL_REGISTRY
-from irtoolkit.utils.errors import OptionError
-from irtoolkit.config.schema import Option
 
 STAGE2_SCHEMA = {
     'cluster_encoder': Option(dict, {'type': 'disc', 'layers': ['body.1']},
@@ -76,10 +75,10 @@ class UniRemovalStage2Model(BaseModel):
         self.net_g = self.build_net('network_g')
 
     def setup_training_networks(self):
-        uopt, where = self.opt['uniremoval'], f'{self.opt.get("opt_path", "")}: '
+        uopt = self.opt['uniremoval']
         if uopt['key_encoder'] == 'live' and uopt['queue_size']:
-            raise OptionError(f'{where}uniremoval.queue_size: a queue needs key_encoder: momentum (queued keys of a '
-                              'live encoder come from older, different encoder states)')
+            raise self.option_error('uniremoval.queue_size', 'a queue needs key_encoder: momentum (queued keys of a '
+                                    'live encoder come from older, different encoder states)')
         self.net_d = self.build_net('network_d', 'net_d')
         self.cluster_encoder = self._encoder(self.net_g, self.net_d)
         bank = _ClusterBank(sum(self.cluster_encoder.channels()), uopt['cluster_dim'], uopt['queue_size'])
@@ -97,58 +96,50 @@ class UniRemovalStage2Model(BaseModel):
         else:
             self.key_encoder, self.key_head = self.cluster_encoder, bare(self.bank).head
         self.anchor_net = None
-        if (self.opt['train'] or {}).get('consistency_opt') is not None:  # the stage-1 student, frozen
+        if self.opt['train'].get('consistency_opt') is not None:  # the stage-1 student, frozen
             self.anchor_net = deepcopy(bare(self.net_g)).eval().requires_grad_(False)
 
     def _encoder(self, generator, discriminator):
-        where = f'{self.opt.get("opt_path", "")}: uniremoval.cluster_encoder'
-        try:
-            return build_encoder(self.opt['uniremoval']['cluster_encoder'], generator, discriminator,
-                                 where).to(self.device)
-        except ValueError as err:
-            raise OptionError(str(err)) from None
+        where = f'{self.run.where()}uniremoval.cluster_encoder'
+        return self.checked(lambda: build_encoder(self.opt['uniremoval']['cluster_encoder'], generator, discriminator,
+                                                  where), 'uniremoval.cluster_encoder: ').to(self.device)
 
     def setup_losses(self):
         return self.build_losses(required=('gan', 'cluster'), optional=('consistency', ))
 
     def setup_optimizers(self):
-        self.add_optimizer('g', list(self.net_g.parameters()) + list(self.bank.parameters()), 'optim_g')
-        self.add_optimizer('d', self.net_d.parameters(), 'optim_d')
+        self.add_optimizer('g', 'optim_g', ('net_g', 'net_cluster'))
+        self.add_optimizer('d', 'optim_d', ('net_d', ))
 
     # ------------------------------------------------------------------ one iteration
-    def optimize_parameters(self, current_iter):
-        log = OrderedDict()
-        self.forward()
-        self.step('d', ('net_d', ), self.d_losses, log)
-        terms = self.step('g', ('net_g', 'net_cluster'), self.g_losses, log)
-        log['l_total'] = sum(terms.values()).detach()
-        self.update_keys()
-        self.push_keys()
-        self.reduce_loss_dict(log)
-        self.update_ema()
-
-    def forward(self):
+    def train_iteration(self, batch, current_iter):
+        x, clean = batch['lq'], batch['gt']
         with self.autocast():
-            self.output = self.net_g(self.lq).float()
+            out = self.net_g(x).float()
+        self.optimize('d', self.d_losses, clean, out)
+        keys = self.keys(clean, x)
+        terms = self.optimize('g', self.g_losses, x, out, keys)
+        self.record(l_total=sum(terms.values()))
+        self.update_keys()
+        self.push_keys(keys)
 
-    def d_losses(self):
+    def d_losses(self, clean, out):
         """The discriminator: real clean images against the (detached) adapted outputs."""
-        return OrderedDict(d=discriminator_loss(self.losses['gan'], self.net_d, self.gt, self.output))
+        return OrderedDict(d=discriminator_loss(self.losses['gan'], self.net_d, clean, out))
 
     @torch.no_grad()
-    def keys(self):
+    def keys(self, clean, degraded):
         """This batch's positive (real clean) and negative (real degraded) keys, from the key encoder and head."""
-        return embed(self.key_head, self.key_encoder(self.gt)), embed(self.key_head, self.key_encoder(self.lq))
+        return embed(self.key_head, self.key_encoder(clean)), embed(self.key_head, self.key_encoder(degraded))
 
-    def g_losses(self):
+    def g_losses(self, x, out, keys):
         """The student and the cluster head, D fixed: GAN + cluster-grained contrast of the adapted outputs against
         the batch's and the queued keys (+ consistency)."""
-        out, x = self.output, self.lq
         # the frozen critic through its bare module: a DDP forward whose parameters get no gradient would leave
         # DDP waiting for that reduction
         terms = OrderedDict(g_gan=self.losses['gan'](bare(self.net_d)(out), True, is_disc=False))
         anchors = self.bank(self.cluster_encoder(out))
-        self.batch_keys = pos, neg = self.keys()
+        pos, neg = keys
         queues = bare(self.bank)
         terms['cluster'] = self.losses['cluster'](anchors, torch.cat((pos, queues.pos_queue.get())),
                                                   torch.cat((neg, queues.neg_queue.get())))
@@ -163,8 +154,8 @@ class UniRemovalStage2Model(BaseModel):
         for momentum_copy, live in self.key_pairs:
             momentum_update(momentum_copy, live, self.opt['uniremoval']['key_momentum'])
 
-    def push_keys(self):
+    def push_keys(self, keys):
         """The queues take this batch's keys (from the momentum encoder: comparable with the stored ones)."""
-        pos, neg = self.batch_keys
+        pos, neg = keys
         bare(self.bank).pos_queue.push(pos)
         bare(self.bank).neg_queue.push(neg)

@@ -1,9 +1,9 @@
 """ImageValidation: what every model inherits to be validated and tested on image pairs.
 
-``feed_data`` takes ``lq`` (and ``gt`` when the batch has it); ``test`` runs the inference network (the EMA copy
-when there is one) in eval mode; ``validation`` scores every image with the options' metrics on the un-padded
-output, keeps the best value of each metric and logs it (rank 0 only). A model whose validation is not about
-restored images (e.g. a prior trained alone) overrides ``validation`` and still uses :meth:`log_validation`.
+``test`` runs the inference network (the EMA copy when there is one) in eval mode on the fed batch's ``lq``;
+``validation`` scores every image with the options' metrics on the un-padded output, keeps the best value of each
+metric and logs it (rank 0 only). A model whose validation is not about restored images (e.g. a prior trained
+alone) overrides ``validation`` and still uses :meth:`log_validation`.
 """
 import os
 import os.path as osp
@@ -20,8 +20,8 @@ __all__ = ['ImageValidation']
 
 
 class ImageValidation:
-    """Mixin of :class:`~irtoolkit.models.base_model.BaseModel` (uses its ``opt``, ``device``, ``rank``,
-    ``inference_net`` and ``best_metric_results``).
+    """Mixin of :class:`~irtoolkit.models.base_model.BaseModel` (uses its ``opt``, ``run``, ``batch`` (set by
+    ``feed_data``), ``rank``, ``inference_net`` and ``best_metric_results``).
 
     Distributed, every rank scores its shard of the validation set (the runner gives each rank a sharded loader
     when ``sharded_validation`` is true) and the per-image scores are gathered: every rank returns the numbers one
@@ -29,28 +29,24 @@ class ImageValidation:
 
     sharded_validation = True
 
-    def feed_data(self, data):
-        self.lq = self.to_device(data['lq'])
-        self.gt = self.to_device(data['gt']) if 'gt' in data else None
-
     @torch.no_grad()
     def test(self):
         net = self.inference_net('net_g')
         was_training = net.training
         net.eval()
-        self.output = net(self.lq)
+        self.output = net(self.batch['lq'])
         net.train(was_training)
 
     def get_current_visuals(self):
-        out = OrderedDict(lq=self.lq.detach().cpu(), result=self.output.detach().cpu())
-        if self.gt is not None:
-            out['gt'] = self.gt.detach().cpu()
+        out = OrderedDict(lq=self.batch['lq'].detach().cpu(), result=self.output.detach().cpu())
+        if self.batch.get('gt') is not None:
+            out['gt'] = self.batch['gt'].detach().cpu()
         return out
 
     def validation(self, dataloader, current_iter, tb_logger=None, save_img=False, logger=None):
         """Run the inference network over ``dataloader`` (this rank's shard); metrics on the un-padded output,
         gathered over ranks; rank 0 logs them."""
-        val_opt = self.opt.get('val') or {}
+        val_opt = self.opt['val']
         dataset_name = dataloader.dataset.opt.get('name', 'val')
         metrics = MetricSet(val_opt.get('metrics'), device=self.device)
         pbar = tqdm(total=len(dataloader), unit='image', desc=f'val {dataset_name}', disable=not val_opt.get('pbar'))
@@ -72,11 +68,11 @@ class ImageValidation:
         return results
 
     def save_visual(self, image, dataset_name, name, current_iter):
-        vis_root = self.opt['path']['visualization']
+        vis_root = self.run.paths['visualization']
         if self.is_train:
             path = osp.join(vis_root, dataset_name, f'{name}_{current_iter}.png')
         else:
-            suffix = (self.opt.get('val') or {}).get('suffix')
+            suffix = self.opt['val'].get('suffix')
             path = osp.join(vis_root, dataset_name, f'{name}_{suffix or self.opt["name"]}.png')
         os.makedirs(osp.dirname(path), exist_ok=True)
         imwrite(tensor2img(image[:1].float()), path)

@@ -147,6 +147,7 @@ def has_basicsr_interface(cls):
     return list(inspect.signature(cls.save).parameters)[1:3] == ['epoch', 'current_iter']
 
 
-def build_model(opt):
-    """The model of resolved options: ``MODEL_REGISTRY[opt['model_type']](opt)``."""
-    return get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')(opt)
+def build_model(opt, run=None):
+    """An irtoolkit model of a recipe: ``MODEL_REGISTRY[opt['model_type']](opt, run)`` (``run``: a
+    :class:`~irtoolkit.config.run.RunContext`; unset: this process, training, outputs under the current folder)."""
+    return get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')(opt, run)

@@ -293,8 +293,9 @@ def test_runner_trains_and_validates(name, tiny_data, in_tmp):
     if arch.startswith('ConStyle'):
         opt['network_g'].update(Train=True, constyle_opt={'K': 16})
         opt['model_type'] = 'ConStyleModel'
-        opt['train'].update(ConStyle_iter=3, infonce_opt={'type': 'QueueInfoNCELoss'},
-                            content_opt={'type': 'ContentLoss'}, style_opt={'type': 'StyleLoss'})
+        opt['constyle'] = {'iter': 3}
+        opt['train'].update(infonce_opt={'type': 'QueueInfoNCELoss'}, content_opt={'type': 'ContentLoss'},
+                            style_opt={'type': 'StyleLoss'})
     opt['logger'].update(print_freq=3, save_checkpoint_freq=6, use_tb_logger=False)
     opt['val'].update(val_freq=6, save_img=False)
     train(['-opt', write_options(opt, in_tmp / 'opt.yml')])

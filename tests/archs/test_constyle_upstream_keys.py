@@ -10,6 +10,7 @@ import pytest
 import torch
 from irtk_testutils import read_key_list
 
+from irtoolkit.config.run import RunContext
 from irtoolkit.models.base_model import BaseModel
 from irtoolkit.utils.checkpoint import atomic_save
 from irtoolkit.utils.registry import build_network
@@ -68,9 +69,9 @@ def test_checkpoint_through_model_loader(tmp_path):
     state = upstream_state('ConStyleNAFNet')
     path = str(tmp_path / 'upstream.pth')
     atomic_save({'params': upstream_state('ConStyleNAFNet', seed=1), 'params_ema': state}, path)
-    opt = {'is_train': False, 'num_gpu': 0, 'network_g': {'type': 'ConStyleNAFNet', 'Train': False},
+    opt = {'num_gpu': 0, 'network_g': {'type': 'ConStyleNAFNet', 'Train': False},
            'path': {'pretrain_network_g': path, 'param_key_g': 'params_ema', 'strict_load_g': True}}
-    model = BaseModel(opt)
+    model = BaseModel(opt, RunContext.create(opt, is_train=False))
     net = model.build_net('network_g')
     assert torch.equal(net.state_dict()['Process_Module_r1.6.conv5.weight'], state['Process_Module_r1.6.conv5.weight'])
     assert torch.equal(net.state_dict()['ConStyle.encoder_q.mlp2.1.running_var'],

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, sys.argv[1])
 from irtk_testutils import (CDDGAN_DEMO, NLCL_DEMO, UNIREMOVAL_DEMO_STAGE1, shrink_recipe, uniremoval_teachers,
                             write_options)
-from irtoolkit.engine.runner import build_model
+from irtoolkit.utils.registry import build_model
 from irtoolkit.models.base_model import bare
 from irtoolkit.config.options import parse_options
 
@@ -34,7 +34,6 @@ recipes = {'nlcl': (nlcl, 40, {}),
            'uni1': (uni1, 32, {'deg_type': ['rain', 'haze', 'blur']})}
 for name, (recipe, size, extra) in recipes.items():
     opt = parse_options(write_options(recipe, f'{tmp}/{name}_{rank}.yml'), True)
-    opt.update(rank=rank, world_size=2, dist=True)
     torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
     m = build_model(opt)
     for it in range(1, 4):

@@ -134,7 +134,6 @@ def test_skip_policy_leaves_weights_optimiser_and_ema_untouched(tiny_data, in_tm
     from irtoolkit.utils.registry import build_model
     opt = _opt(tiny_data, 'skip', 4, nonfinite={'policy': 'skip', 'max_skips': 2})
     opt = parse_options(write_options(opt, in_tmp / 'skip.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     model = build_model(opt)
     batch = {'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)}
     model.update_learning_rate(1)
@@ -213,7 +212,6 @@ from irtoolkit.utils.registry import build_model
 dist.init_process_group('gloo')
 rank = dist.get_rank()
 opt = parse_options(sys.argv[2], True)
-opt.update(rank=rank, world_size=2, dist=True)
 model = build_model(opt)
 gt = torch.rand(2, 3, 32, 32)
 if rank == 1:

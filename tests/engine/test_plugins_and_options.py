@@ -64,7 +64,7 @@ def _expect_error(tmp_path, opt, *fragments, text=None):
         write_options(opt, path)
     with pytest.raises(OptionError) as err:
         o = parse_options(str(path), True)
-        from irtoolkit.engine.runner import build_model
+        from irtoolkit.utils.registry import build_model
         build_model(o)
     msg = str(err.value)
     assert '\n' not in msg
@@ -75,7 +75,11 @@ def _expect_error(tmp_path, opt, *fragments, text=None):
 
 def test_bad_options_fail_with_file_key_and_expectation(tiny_data, tmp_path):
     base = shrink_recipe(tiny_data)
-    _expect_error(tmp_path, {**base, 'trian': {}}, 'bad.yml', 'trian: unknown option', 'did you mean train')
+    msg = _expect_error(tmp_path, {**base, 'trian': {}}, 'bad.yml', 'trian: unknown option', 'did you mean train')
+    suggested = set(msg.replace(',', ' ').replace('?', ' ').split())
+    assert not {'rank', 'is_train', 'world_size', 'dist', 'opt_path'} & suggested, msg
+    for run_key in ('rank', 'is_train', 'opt_path'):  # run state is not an option
+        _expect_error(tmp_path, {**base, run_key: 0}, f'{run_key}: unknown option')
     bad = shrink_recipe(tiny_data)
     bad['train']['total_iter'] = '100'
     _expect_error(tmp_path, bad, 'train.total_iter: expected int, got str')

@@ -12,11 +12,11 @@ from irtk_testutils import REPO
 
 from irtoolkit.metrics.calculate import MetricSet
 from irtoolkit.utils.optim import build_optimizer, build_scheduler
-from irtoolkit.config.options import BASE_SCHEMA
+from irtoolkit.config.options import model_schema
 from irtoolkit.config.recipe import load_recipe
 from irtoolkit.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, build_loss,
                                       get_from_registry, load_plugins)
-from irtoolkit.config.schema import check_options, merge_schema
+from irtoolkit.config.schema import check_options
 from irtoolkit.utils.errors import OptionError
 
 RECIPES = sorted(p for p in glob.glob(osp.join(REPO, 'options', '**', '*.yml'), recursive=True)
@@ -39,7 +39,7 @@ def test_recipe_builds_up_to_its_data(path):
     opt = load_recipe(path)
     load_plugins(opt.get('plugins'), base_dir=osp.dirname(path))
     model_cls = get_from_registry(MODEL_REGISTRY, opt['model_type'], 'model_type')
-    check_options(opt, merge_schema(BASE_SCHEMA, getattr(model_cls, 'OPTION_SCHEMA', None)), f'{path}: ')
+    check_options(opt, model_schema(model_cls), f'{path}: ')
     for key, net_opt in opt.items():
         if key.startswith('network_'):
             net_opt = dict(net_opt)
@@ -60,9 +60,9 @@ def test_recipe_builds_up_to_its_data(path):
     MetricSet((opt.get('val') or {}).get('metrics'))
 
 
-def test_unknown_contrastive_key_is_rejected():
+def test_unknown_method_key_is_rejected():
     opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
-    opt['contrastive']['num_patch'] = 64
-    schema = merge_schema(BASE_SCHEMA, MODEL_REGISTRY.get('CDDGANModel').OPTION_SCHEMA)
-    with pytest.raises(OptionError, match=r'contrastive.num_patch: unknown option; did you mean num_patches\?'):
+    opt['cddgan']['num_patch'] = 64
+    schema = model_schema('CDDGANModel')
+    with pytest.raises(OptionError, match=r'cddgan.num_patch: unknown option; did you mean num_patches\?'):
         check_options(opt, schema, 'demo: ')

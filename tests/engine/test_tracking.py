@@ -10,6 +10,7 @@ import time
 import pytest
 from irtk_testutils import shrink_recipe, write_options
 
+from irtoolkit.config.run import RunContext
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.engine.tracking import build_tracker
 from irtoolkit.utils.errors import OptionError
@@ -84,8 +85,8 @@ def test_offline_run_logs_scalars_metrics_images_and_resumes_the_same_run(tiny_d
 
 def test_missing_package_is_one_line(tiny_data, monkeypatch):
     monkeypatch.setitem(sys.modules, 'wandb', None)  # import wandb -> ImportError
-    opt = {'name': 'x', 'opt_path': 'x.yml', 'rank': 0, 'logger': {'wandb': {'project': 'p'}},
-           'path': {'experiments_root': '.'}}
+    opt = {'name': 'x', 'logger': {'wandb': {'project': 'p'}}}
+    run = RunContext(opt_path='x.yml', paths={'experiments_root': '.'})
     with pytest.raises(OptionError, match=r"^x\.yml: logger\.wandb: the wandb package is not installed") as err:
-        build_tracker(opt, resumed=False)
+        build_tracker(opt, run, resumed=False)
     assert '\n' not in str(err.value)

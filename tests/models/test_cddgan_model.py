@@ -4,14 +4,13 @@ lambda_NCE, diversity over fresh negatives only, N conditioned on the whole mome
 generator in the full recipe, the plain-CycleGAN ablation, and 20 runner iterations with finite, logged losses."""
 import math
 import os.path as osp
-from collections import OrderedDict
 
 import pytest
 import torch
 from irtk_testutils import REPO, shrink_recipe, write_options
 
 from irtoolkit.engine.run_log import parse_log
-from irtoolkit.engine.runner import build_model
+from irtoolkit.utils.registry import build_model
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.config.options import parse_options
 from irtoolkit.config.recipe import load_recipe
@@ -27,7 +26,7 @@ def small_recipe(data_root, name='cdd', iters=20):
     return shrink_recipe(data_root, name, iters, recipe='train/CDDGAN/demo_CDDGAN_haze.yml', crop=32, batch=2,
                          networks={'network_g': SMALL_G, 'network_d': SMALL_D,
                                    'network_n': {'num_negatives': 8, 'hidden_dim': 16, 'queue_size': 16}},
-                         print_freq=1, update={'contrastive': contrastive,
+                         print_freq=1, update={'cddgan': contrastive,
                                                'train': {'identity_opt': {'type': 'L1Loss', 'loss_weight': 0.5}}})
 
 
@@ -45,59 +44,59 @@ def changed(before, model):
 def model(tiny_data, in_tmp):
     torch.manual_seed(0)
     opt = parse_options(write_options(small_recipe(tiny_data), in_tmp / 'cdd.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
-    m = build_model(opt)
-    m.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
-    return m
+    return build_model(opt)
+
+
+def forward(model):
+    """The iteration's images and pairs, as ``train_iteration`` builds them."""
+    return model.forward_generators(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
 
 
 def test_phases_touch_only_their_networks(model):
-    log = OrderedDict()
-    model.forward_generators()
+    fwd = forward(model)
     before = snapshot(model)
-    model.step('d', ('net_d', 'net_d_b'), model.d_losses, log)
+    model.optimize('d', model.d_losses, fwd)
     assert changed(before, model) == {'net_d', 'net_d_b'}
     before = snapshot(model)
-    model.step('n', model.n_nets, model.n_losses, log)
+    terms = model.optimize('n', model.n_losses, fwd)
     assert changed(before, model) == {'net_n', 'net_n_b'}  # ascent step: only the negative generators
-    assert log['l_n'] < 0  # it minimises -NCE - div
+    assert terms['n'] < 0  # it minimises -NCE - div
     before = snapshot(model)
-    model.step(('g', 'f'), model.g_nets, model.g_losses, log)
+    model.optimize(('g', 'f'), model.g_losses, fwd)
     assert changed(before, model) == {'net_g', 'net_g_b', 'net_f', 'net_f_b'}  # N unchanged by the G step
     before = snapshot(model)
-    model.step_momentum()
+    model.step_momentum(fwd)
     # momentum heads move towards the heads; the queue (a buffer of N) receives the fresh negatives of both pairs
     assert changed(before, model) == {'net_fm', 'net_fm_b', 'net_n', 'net_n_b'}
     assert len(model.neg_gens['a'].queues[0]) == 16  # 2 pairs x 2 images x 8 pushed, the queue holds 16
-    assert all(math.isfinite(v) for v in map(float, log.values()))
+    assert all(math.isfinite(v) for v in model._iteration['log'].values())
 
 
 def test_keys_and_conditions_fixed_queries_carry_gradient(model):
-    model.forward_generators()
-    for pairs in model.pairs.values():
+    for pairs in forward(model).pairs.values():
         for p in pairs:
             assert all(not t.requires_grad for t in p.k + p.cond) and all(t.requires_grad for t in p.q)
 
 
 def test_identity_pairs_halved_and_seen_by_n(model):
     """NEGCUT: NCE = 1/2 (NCE(G(x), x) + NCE(G(y), y)) for each generator, and N ascends both pairs."""
-    model.forward_generators()
-    assert [[p.weight for p in model.pairs[d]] for d in 'ab'] == [[0.5, 0.5], [0.5, 0.5]]
+    fwd = forward(model)
+    assert [[p.weight for p in fwd.pairs[d]] for d in 'ab'] == [[0.5, 0.5], [0.5, 0.5]]
     roles = []
     nce = model.losses['nce']
     orig = nce.forward
     nce.forward = lambda *a, **k: roles.append(k.get('role', 'generator')) or orig(*a, **k)
-    model.n_losses()
-    model.g_losses()
+    model.n_losses(fwd)
+    model.g_losses(fwd)
     assert roles == ['negative'] * 4 + ['generator'] * 4  # 2 directions x (X pair, Y pair)
 
 
 def test_condition_is_the_whole_map_mean(model):
     """N is conditioned on the momentum head over every location of the source map (NEGCUT), not on the patches."""
-    model.forward_generators()
-    p = model.pairs['a'][0]
+    fwd = forward(model)
+    p = fwd.pairs['a'][0]
     with torch.no_grad():
-        feats = model.encoders['a'](model.lq)
+        feats = model.encoders['a'](fwd.x)
         dense = model.heads_m['a']([f.flatten(2).transpose(1, 2) for f in feats])
     assert all(torch.allclose(c, e.mean(1, keepdim=True), atol=1e-6) for c, e in zip(p.cond, dense))
 
@@ -119,7 +118,7 @@ def test_negative_objective_lambda_div_and_fresh_only():
 def test_full_recipe_is_negcut_on_cut_resnet():
     opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/train_CDDGAN_RESIDE.yml'))
     assert opt['network_g']['type'] == 'ResnetGenerator' and opt['network_g']['num_blocks'] == 9
-    assert opt['contrastive']['encoder']['layers'] == ['model.0', 'model.4', 'model.8', 'model.12', 'model.16']
+    assert opt['cddgan']['encoder']['layers'] == ['model.0', 'model.4', 'model.8', 'model.12', 'model.16']
     sched, total = opt['train']['scheduler'], opt['train']['total_iter']
     assert sched['type'] == 'HoldLinearDecayLR' and sched['hold_iters'] == sched['decay_iters'] == total // 2
     nce = opt['train']['nce_opt']
@@ -135,16 +134,13 @@ def test_adversarial_nce_starts_informative_with_resnet_not_with_nafnet(tiny_dat
                                           'dec_blk_nums': [1, 1]}, ['intro', 'encoders.0', 'encoders.1'])):
         opt = small_recipe(tiny_data, name)
         opt['network_g'] = net
-        opt['contrastive']['encoder']['layers'] = layers
+        opt['cddgan']['encoder']['layers'] = layers
         torch.manual_seed(0)
         opt = parse_options(write_options(opt, in_tmp / f'{name}.yml'), True)
-        opt.update(rank=0, world_size=1, dist=False)
         m = build_model(opt)
-        m.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
-        m.forward_generators()
+        pair = forward(m).pairs['a'][0]
         with torch.no_grad():
-            values[name] = float(m.losses['nce'].nce(m.pairs['a'][0].q, m.pairs['a'][0].k,
-                                                     m.neg_gens['a'](m.pairs['a'][0].cond)))
+            values[name] = float(m.losses['nce'].nce(pair.q, pair.k, m.neg_gens['a'](pair.cond)))
     chance = math.log(1 + 8)
     assert values['nafnet'] < 0.05 * chance < 0.2 * chance < values['resnet'], values  # measured: 2 % / 38 %
 
@@ -152,9 +148,8 @@ def test_adversarial_nce_starts_informative_with_resnet_not_with_nafnet(tiny_dat
 def test_without_nce_is_plain_cyclegan(tiny_data, in_tmp):
     opt = small_recipe(tiny_data)
     del opt['train']['nce_opt'], opt['train']['optim_f'], opt['train']['optim_n']
-    opt['contrastive']['clear_exemplar'] = ['identity']
+    opt['cddgan']['clear_exemplar'] = ['identity']
     opt = parse_options(write_options(opt, in_tmp / 'plain.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     m = build_model(opt)
     assert set(m.networks) == {'net_g', 'net_g_b', 'net_d', 'net_d_b'} and set(m.optimizers) == {'g', 'd'}
     m.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})

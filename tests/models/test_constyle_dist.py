@@ -66,7 +66,8 @@ def test_constyle_model_freezes_under_ddp(tiny_data, in_tmp):
     opt = shrink_recipe(tiny_data, 'cs_ddp', 5)
     opt.update(model_type='ConStyleModel', network_g=dict(NET))
     opt['datasets']['train']['batch_size_per_gpu'] = 2
-    opt['train'].update(ConStyle_iter=2, infonce_opt={'type': 'QueueInfoNCELoss'}, content_opt={'type': 'ContentLoss'},
+    opt['constyle'] = {'iter': 2}
+    opt['train'].update(infonce_opt={'type': 'QueueInfoNCELoss'}, content_opt={'type': 'ContentLoss'},
                         style_opt={'type': 'StyleLoss'})
     opt['logger'].update(print_freq=1, save_checkpoint_freq=5)
     opt['val']['val_freq'] = 5

@@ -5,20 +5,22 @@ import torch
 
 from irtoolkit.utils.checkpoint import atomic_save
 from irtoolkit.engine.data import build_dataloader, build_dataset
-from irtoolkit.engine.runner import build_model, set_random_seed
+from irtoolkit.engine.runner import set_random_seed
+from irtoolkit.utils.errors import OptionError
+from irtoolkit.utils.registry import build_model
 from irtoolkit.models.base_model import bare
 
 NET = {'type': 'ConStyleNAFNet', 'dim': 8, 'left_blk_num': [1, 1, 1], 'bottom_blk_num': 1,
        'right_blk_num': [1, 1, 1], 'constyle_opt': {'K': 16}}
 
 
-def _opt(model_type='ConStyleModel', net=None, **train):
+def _opt(model_type='ConStyleModel', net=None, constyle=None, **train):
     train_opt = {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'pixel_opt': {'type': 'L1Loss'},
                  'infonce_opt': {'type': 'QueueInfoNCELoss'}, 'content_opt': {'type': 'ContentLoss'},
                  'style_opt': {'type': 'StyleLoss'}}
     train_opt.update(train)
-    return {'name': 't', 'model_type': model_type, 'is_train': True, 'num_gpu': 0, 'manual_seed': 0,
-            'network_g': net or dict(NET), 'train': train_opt, 'path': {}}
+    return {'name': 't', 'model_type': model_type, 'num_gpu': 0, 'manual_seed': 0,
+            'network_g': net or dict(NET), 'train': train_opt, 'path': {}, 'constyle': constyle or {}}
 
 
 def _loader(root, batch=4, gt_size=32):
@@ -69,7 +71,7 @@ def test_constyle_model_30_iterations_trains_the_prior(tiny_data):
 
 def test_freeze_after_constyle_iter_and_mixup_only_in_training(tiny_data):
     set_random_seed(0)
-    model = build_model(_opt(ConStyle_iter=2, mixing_augs={'mixup': True, 'mixup_beta': 1.2}))
+    model = build_model(_opt(constyle={'iter': 2}, mixing_augs={'mixup': True, 'mixup_beta': 1.2}))
     loader = _loader(tiny_data)
     logs = _train(model, loader, 3)
     assert 'l_infonce' in logs[1] and 'l_infonce' not in logs[2] and 'l_pixel' in logs[2]
@@ -80,25 +82,27 @@ def test_freeze_after_constyle_iter_and_mixup_only_in_training(tiny_data):
     assert all(torch.equal(before[k], v) for k, v in cs.state_dict().items())  # no BN, momentum or queue change
     batch = next(iter(loader))
     model.feed_data(batch)  # what validation does: the batch as read
-    assert torch.equal(model.lq, batch['lq'])
-    model.optimize_parameters(7)  # a training step mixes its pairs first
-    assert not torch.equal(model.lq, batch['lq'])
+    assert torch.equal(model.batch['lq'], batch['lq'])
+    seen = []
+    model.g_losses = lambda lq, gt, active: seen.append(lq) or model.image_losses(model.net_g(lq), gt)
+    model.optimize_parameters(7)  # a training step mixes its pairs first, the fed batch stays as read
+    assert not torch.equal(seen[0], batch['lq']) and torch.equal(model.batch['lq'], batch['lq'])
 
 
 def test_pretrain_then_irconstyle(tiny_data, tmp_path):
     set_random_seed(0)
     cs_net = {'type': 'ConStyle', 'K': 16, 'num_classes': 2, 'enqueue': 'key'}
-    opt = _opt('ConStylePretrainModel', cs_net, degradations={
-        'haze': [{'type': 'haze'}], 'noise': [{'type': 'gaussian_noise', 'sigma': [15, 50]}]},
+    opt = _opt('ConStylePretrainModel', cs_net, constyle={'degradations': {
+        'haze': [{'type': 'haze'}], 'noise': [{'type': 'gaussian_noise', 'sigma': [15, 50]}]}},
         infonce_opt={'type': 'QueueInfoNCELoss', 'normalize': True}, style_opt={'type': 'StyleLoss', 'mode': 'bounded'})
     opt['train'].pop('pixel_opt')
     pre = build_model(opt)
     loader = _loader(tiny_data)
     logs = _train(pre, loader, 4)
     assert {'l_infonce', 'l_content', 'l_style', 'l_total'} <= set(logs[-1])
-    lq, label = pre.lq, pre.label
-    assert lq.shape == pre.gt.shape and set(label.tolist()) <= {0, 1}
-    assert not torch.equal(lq, pre.gt)
+    lq, gt, label = pre.training_pair(pre.batch)
+    assert lq.shape == gt.shape and set(label.tolist()) <= {0, 1}
+    assert not torch.equal(lq, gt)
     val_set = {'name': 'v', 'type': 'PairedImageDataset', 'dataroot_gt': f'{tiny_data}/val/gt',
                'dataroot_lq': f'{tiny_data}/val/lq', 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},
                'phase': 'val', 'scale': 1}
@@ -109,7 +113,7 @@ def test_pretrain_then_irconstyle(tiny_data, tmp_path):
     ckpt = str(tmp_path / 'constyle.pth')
     atomic_save({'params': bare(pre.net_g).state_dict()}, ckpt)
     net = dict(NET, Train=False)
-    opt = _opt('IRConStyleModel', net, ConStyle_iter=1000)
+    opt = _opt('IRConStyleModel', net, constyle={'iter': 1000})
     opt['path'] = {'pretrain_constyle': ckpt}
     for k in ('infonce_opt', 'content_opt', 'style_opt'):
         opt['train'].pop(k)
@@ -126,12 +130,14 @@ def test_pretrain_then_irconstyle(tiny_data, tmp_path):
 
 
 def test_options_and_runner(tiny_data, in_tmp):
-    """Through the runner: option schema (ConStyle_iter, infonce_opt), logging of every term, checkpoints."""
+    """Through the runner: option schema (constyle.iter, infonce_opt), logging of every term, checkpoints; the old
+    key train.ConStyle_iter is refused with one line naming the new one."""
     from irtoolkit.engine.runner import train
     from irtk_testutils import shrink_recipe, write_options
     opt = shrink_recipe(tiny_data, 'cs_runner', 6)
     opt.update(model_type='ConStyleModel', network_g=dict(NET))
-    opt['train'].update(ConStyle_iter=3, infonce_opt={'type': 'QueueInfoNCELoss', 'normalize': True},
+    opt['constyle'] = {'iter': 3}
+    opt['train'].update(infonce_opt={'type': 'QueueInfoNCELoss', 'normalize': True},
                         content_opt={'type': 'ContentLoss'}, style_opt={'type': 'StyleLoss', 'mode': 'bounded'})
     opt['logger'].update(print_freq=3, save_checkpoint_freq=6)
     opt['val']['val_freq'] = 6
@@ -141,6 +147,12 @@ def test_options_and_runner(tiny_data, in_tmp):
     assert '# psnr' in log
     state = torch.load(in_tmp / 'experiments/cs_runner/models/net_g_6.pth', weights_only=True)
     assert 'ConStyle.queue' in state['params'] and 'ConStyle.queue' in state['params_ema']
-    opt['train']['ConStyle_iter'] = 'never'
-    with pytest.raises(Exception, match='ConStyle_iter'):
+    opt['constyle']['iter'] = 'never'
+    with pytest.raises(OptionError, match=r'constyle\.iter: expected int'):
         train(['-opt', write_options(opt, in_tmp / 'bad.yml')])
+    opt['train']['ConStyle_iter'] = opt['constyle'].pop('iter')
+    with pytest.raises(OptionError, match=r'bad\.yml: train\.ConStyle_iter: renamed to constyle\.iter \(tools/') as err:
+        train(['-opt', write_options(opt, in_tmp / 'bad.yml')])
+    assert '\n' not in str(err.value)
+    with pytest.raises(OptionError, match=r'^train\.ConStyle_iter: renamed to constyle\.iter'):
+        build_model(_opt(ConStyle_iter=2))  # a recipe built in code too

@@ -15,7 +15,8 @@ from irtk_testutils import REPO, write_options
 from irtoolkit.data.degradations import blur_kernel, build_degradation, realesrgan, sinc_kernel
 from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.run_log import parse_log
-from irtoolkit.engine.runner import build_model, set_random_seed
+from irtoolkit.engine.runner import set_random_seed
+from irtoolkit.utils.registry import build_model
 from irtoolkit.models.base_model import bare
 from irtoolkit.config.recipe import load_recipe
 from irtoolkit.utils.registry import build_loss
@@ -40,11 +41,11 @@ def _class_folders(root, tiny_data, classes=('cat', 'dog', 'eel')):
     return str(root)
 
 
-def _pretrain_opt(**train):
+def _pretrain_opt(constyle=None, **train):
     train_opt = {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, **train}
-    return {'name': 't', 'model_type': 'ConStylePretrainModel', 'is_train': True, 'num_gpu': 0, 'manual_seed': 0,
+    return {'name': 't', 'model_type': 'ConStylePretrainModel', 'num_gpu': 0, 'manual_seed': 0,
             'network_g': {'type': 'ConStyle', 'K': 16, 'num_classes': 3, 'enqueue': 'key', 'init': 'kaiming'},
-            'train': train_opt, 'path': {}}
+            'train': train_opt, 'path': {}, 'constyle': constyle or {}}
 
 
 def _batch(b=4, size=32, seed=0):
@@ -113,7 +114,7 @@ def test_cls_and_kl_iterations_and_label_sources(tiny_data, tmp_path):
     set_random_seed(0)
     model = build_model(_pretrain_opt(cls_opt={'type': 'LabelCrossEntropyLoss'}, kl_opt={'type': 'KLDistillLoss'},
                                       infonce_opt={'type': 'QueueInfoNCELoss', 'normalize': True},
-                                      cls_iter=1, kl_iter=2))
+                                      constyle={'cls_iter': 1, 'kl_iter': 2}))
     logs = []
     for it in (1, 2, 3):
         model.feed_data(_batch(seed=it))
@@ -130,20 +131,21 @@ def test_cls_and_kl_iterations_and_label_sources(tiny_data, tmp_path):
               'batch_size_per_gpu': 4, 'dataset_enlarge_ratio': 4}
     batch = next(iter(build_dataloader(build_dataset(ds_opt, 'd'), ds_opt, 'train')[0]))
     for source, expected in (('dataset', batch['label']), ('degradation', None)):
-        model = build_model(_pretrain_opt(cls_opt={'type': 'LabelCrossEntropyLoss'}, degradations=degs,
-                                          cls_labels=source))
+        model = build_model(_pretrain_opt(cls_opt={'type': 'LabelCrossEntropyLoss'},
+                                          constyle={'degradations': degs, 'cls_labels': source}))
         model.feed_data(batch)
         model.optimize_parameters(1)
-        assert model.lq.shape == model.gt.shape and not torch.equal(model.lq, model.gt)
+        lq, gt, label = model.training_pair(model.batch)
+        assert lq.shape == gt.shape and not torch.equal(lq, gt)
         if expected is not None:
-            assert torch.equal(model.label, expected)
+            assert torch.equal(label, expected)
         else:
-            assert set(model.label.tolist()) <= {0, 1}
-    with pytest.raises(OptionError, match='cls_labels: degradation needs train.degradations'):
-        build_model(_pretrain_opt(cls_opt={'type': 'LabelCrossEntropyLoss'}, cls_labels='degradation'))
+            assert set(label.tolist()) <= {0, 1}
+    with pytest.raises(OptionError, match='cls_labels: degradation needs constyle.degradations'):
+        build_model(_pretrain_opt(cls_opt={'type': 'LabelCrossEntropyLoss'}, constyle={'cls_labels': 'degradation'}))
     no_head = _pretrain_opt(kl_opt={'type': 'KLDistillLoss'})
     no_head['network_g'].pop('num_classes')
-    with pytest.raises(OptionError, match='kl_opt needs network_g.num_classes'):
+    with pytest.raises(OptionError, match='kl_opt: needs network_g.num_classes'):
         build_model(no_head)
 
 
@@ -209,10 +211,10 @@ def test_realesrgan_degradation_kernels_and_determinism():
 @pytest.mark.parametrize('mode', ['eval', 'train'])
 def test_frozen_prior_batchnorm_mode(mode):
     set_random_seed(0)
-    opt = {'name': 't', 'model_type': 'IRConStyleModel', 'is_train': True, 'num_gpu': 0, 'manual_seed': 0,
+    opt = {'name': 't', 'model_type': 'IRConStyleModel', 'num_gpu': 0, 'manual_seed': 0,
            'network_g': dict(NET, Train=False), 'path': {},
-           'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'pixel_opt': {'type': 'L1Loss'}, 'ema_decay': 0.9,
-                     'ConStyle_bn': mode}}
+           'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'pixel_opt': {'type': 'L1Loss'}, 'ema_decay': 0.9},
+           'constyle': {'frozen_bn': mode}}
     model = build_model(opt)
     cs = bare(model.net_g).ConStyle
     bn = cs.encoder_q.mlp1[1]
@@ -256,7 +258,8 @@ def _shrink_stage1(tiny_data, tmp_path):
               dataset_enlarge_ratio=10)
     va.update(dataroot_gt=root, resize_short=48, gt_size=32)
     opt['network_g'].update(num_classes=3, K=16)
-    opt['train'].update(total_iter=20, cls_iter=10)
+    opt['train'].update(total_iter=20)
+    opt['constyle']['cls_iter'] = 10
     opt['train']['scheduler']['periods'] = [20]
     opt['val']['val_freq'] = 20
     opt['logger'].update(print_freq=5, save_checkpoint_freq=20, use_tb_logger=False)
@@ -298,7 +301,7 @@ def test_v2_stage1_and_stage2_recipes_train_20_iterations(tiny_data, in_tmp):
     assert state['params_ema']['encoder_q.classifier.3.weight'].shape == (3, 512)
 
     opt2 = _shrink_stage2(tiny_data, prior)
-    assert opt2['train']['ConStyle_bn'] == 'train' and opt2['model_type'] == 'IRConStyleModel'
+    assert opt2['constyle']['frozen_bn'] == 'train' and opt2['model_type'] == 'IRConStyleModel'
     train(['-opt', write_options(opt2, in_tmp / 'stage2.yml')])
     exp2 = in_tmp / 'experiments' / opt2['name']
     curves = parse_log(str(next(exp2.glob('train_*.log'))))

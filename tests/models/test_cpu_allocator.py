@@ -37,7 +37,7 @@ def mapped_while_allocated():
 before = mapped_while_allocated()
 train = {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'pixel_opt': {'type': 'L1Loss'}}
 train.update(json.loads(sys.argv[1]))
-build_model({'name': 'probe', 'model_type': 'RestorationModel', 'is_train': True, 'num_gpu': 0, 'device': 'cpu',
+build_model({'name': 'probe', 'model_type': 'RestorationModel', 'num_gpu': 0, 'device': 'cpu',
              'network_g': json.loads(sys.argv[2]), 'train': train, 'path': {}})
 print(json.dumps({'before': before, 'after': mapped_while_allocated()}))
 '''
@@ -57,8 +57,8 @@ def _result(proc):
 
 def test_cpu_training_model_keeps_freed_memory_unless_turned_off():
     # the option's default comes from the schema when options are resolved; the model acts on the resolved value
-    from irtoolkit.config.options import BASE_SCHEMA
-    assert BASE_SCHEMA['train']['keep_freed_memory'].default is True
+    from irtoolkit.models.base_model import BaseModel
+    assert BaseModel.OPTION_SCHEMA['train']['keep_freed_memory'].default is True
     kept, default = _probe({'keep_freed_memory': True}), _probe({'keep_freed_memory': False})  # side by side
     assert _result(kept) == {'before': True, 'after': False}
     assert _result(default) == {'before': True, 'after': True}

@@ -1,6 +1,7 @@
 """Gradient flow, per model and per loss term: which parameter groups each term of each optimisation step reaches
 (``x``) and which it must not (``-``), asserted as a table. Every term is back-propagated alone, inside the step's
-:meth:`~irtoolkit.models.base_model.BaseModel.training_step`, exactly as the model's own step builds it.
+:meth:`~irtoolkit.models.base_model.BaseModel.learning_only` of the step's optimisers, exactly as
+:meth:`~irtoolkit.models.base_model.BaseModel.optimize` builds it.
 
 What the tables pin down: frozen teachers and momentum copies never learn; critics are fixed in the generator step;
 negative generators learn only in their own (ascent) step and get nothing from the generator step; the feature
@@ -13,7 +14,7 @@ import pytest
 import torch
 from irtk_testutils import REPO, write_options
 
-from irtoolkit.engine.runner import build_model
+from irtoolkit.utils.registry import build_model
 from irtoolkit.config.options import parse_options
 from irtoolkit.config.recipe import load_recipe
 
@@ -26,14 +27,14 @@ def parse_table(text):
 
 
 def grad_table(model, steps, groups=None):
-    """{term: {group: receives gradient}} for ``steps`` = [(networks that learn, losses function)]; ``groups``
-    maps a group name to its parameters (default: one group per network of the model)."""
+    """{term: {group: receives gradient}} for ``steps`` = [(optimiser names, losses function, its arguments)];
+    ``groups`` maps a group name to its parameters (default: one group per network of the model)."""
     groups = groups or {name: list(net.parameters()) for name, net in model.networks.items()}
     every = [p for net in model.networks.values() for p in net.parameters()]
     table = {}
-    for nets, losses in steps:
-        with model.training_step(*nets):
-            terms = losses()
+    for optimizers, losses, args in steps:
+        with model.learning_only(*model.learning_networks(*optimizers)):
+            terms = losses(*args)
             for name, value in terms.items():
                 for p in every:
                     p.grad = None
@@ -50,7 +51,6 @@ def build(opt, tmp, data_root):
                                  'dataroot_lq': osp.join(data_root, 'train/lq'),
                                  'dataroot_gt': osp.join(data_root, 'train/gt')}}
     opt = parse_options(write_options(opt, tmp / 'opt.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     return build_model(opt)
 
 
@@ -72,8 +72,8 @@ def cddgan_model(tmp, data_root):
     opt['network_g'].update(ngf=4, num_blocks=2)
     opt['network_d'].update(num_feat=8, num_layers=2)
     opt['network_n'].update(num_negatives=8, hidden_dim=16, queue_size=16)
-    opt['contrastive'].update(num_patches=16, head={'out_dim': 16, 'hidden_dim': 16},
-                              clear_exemplar=['identity', 'positive'])
+    opt['cddgan'].update(num_patches=16, head={'out_dim': 16, 'hidden_dim': 16},
+                         clear_exemplar=['identity', 'positive'])
     opt['train']['identity_opt'] = {'type': 'L1Loss', 'loss_weight': 0.5}
     model = build(opt, tmp, data_root)
     model.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
@@ -83,9 +83,9 @@ def cddgan_model(tmp, data_root):
 def test_cddgan_gradient_flow(tmp_path, tiny_data):
     model = cddgan_model(tmp_path, tiny_data)
     model.optimize_parameters(1)  # fills the queues: the N and G steps below also see queued negatives
-    model.forward_generators()
-    table = grad_table(model, [(('net_d', 'net_d_b'), model.d_losses), (model.n_nets, model.n_losses),
-                               (model.g_nets, model.g_losses)])
+    fwd = model.forward_generators(model.batch['lq'], model.batch['gt'])
+    table = grad_table(model, [(('d', ), model.d_losses, (fwd, )), (('n', ), model.n_losses, (fwd, )),
+                               (('g', 'f'), model.g_losses, (fwd, ))])
     assert table == parse_table(CDDGAN_TABLE)
     assert all(not q.data.requires_grad for n in model.neg_gens.values() for q in n.queues)  # constants
 
@@ -111,9 +111,9 @@ def test_nlcl_gradient_flow(tmp_path, tiny_data):
                        layer_encoder={'type': 'disc', 'layers': ['input', 'body.0.0', 'body.1.0']}, num_patches=16,
                        num_rain=12, head={'out_dim': 16, 'hidden_dim': 16}, identity_init=[], d_warmup_iter=0)
     model = build(opt, tmp_path, tiny_data)
-    model.feed_data({'lq': torch.rand(2, 3, 40, 40), 'gt': torch.rand(2, 3, 40, 40)})
-    model.forward()
-    table = grad_table(model, [(('net_d', ), model.d_losses), (model.g_nets, model.g_losses)])
+    o, clean = torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)
+    b = model.net_g(o)
+    table = grad_table(model, [(('d', ), model.d_losses, (clean, b)), (('g', 'heads'), model.g_losses, (o, clean, b))])
     assert table == parse_table(NLCL_TABLE)
 
 
@@ -151,9 +151,8 @@ def stage1_model(tmp, data_root, teachers, **uni):
 
 def test_uniremoval_stage1_gradient_flow(tmp_path, tiny_data, teachers):
     model = stage1_model(tmp_path, tiny_data, teachers)
-    model.feed_data({'lq': torch.rand(3, 3, 32, 32), 'gt': torch.rand(3, 3, 32, 32),
-                     'deg_type': ['haze', 'haze', 'rain']})
-    model.forward()
+    batch = {'lq': torch.rand(3, 3, 32, 32), 'gt': torch.rand(3, 3, 32, 32), 'deg_type': ['haze', 'haze', 'rain']}
+    fwd = model.forward(batch['lq'], model.batch_labels(batch))
     proj = dict(model.proj.named_parameters())
     groups = {'student': list(model.net_g.parameters()),
               'proj_student': [p for k, p in proj.items() if k.startswith('student.')],
@@ -161,7 +160,7 @@ def test_uniremoval_stage1_gradient_flow(tmp_path, tiny_data, teachers):
                  for i, lab in enumerate(LABELS)},
               'proj_inverse': [p for k, p in proj.items() if k.startswith('inverse.')],
               'teachers': [p for t in model.teachers for p in t.parameters()]}
-    table = grad_table(model, [(('net_g', 'net_proj'), model.g_losses)], groups)
+    table = grad_table(model, [(('g', ), model.g_losses, (fwd, batch['gt']))], groups)
     assert table == parse_table(STAGE1_TABLE)
 
 
@@ -175,18 +174,20 @@ def test_uniremoval_stage2_gradient_flow(tmp_path, tiny_data):
     model = build(opt, tmp_path, tiny_data)
     model.feed_data({'lq': torch.rand(2, 3, 32, 32), 'gt': torch.rand(2, 3, 32, 32)})
     model.optimize_parameters(1)  # moves the student off its frozen copy (L1's gradient at 0 is 0), fills the queues
-    model.forward()
-    table = grad_table(model, [(('net_d', ), model.d_losses), (('net_g', 'net_cluster'), model.g_losses)])
+    x, clean = model.batch['lq'], model.batch['gt']
+    out = model.net_g(x)
+    table = grad_table(model, [(('d', ), model.d_losses, (clean, out)),
+                               (('g', ), model.g_losses, (x, out, model.keys(clean, x)))])
     assert table == parse_table(STAGE2_TABLE)
 
 
-def test_training_step_freezes_the_others_and_restores(tmp_path, tiny_data):
+def test_learning_only_freezes_the_others_and_restores(tmp_path, tiny_data):
     model = cddgan_model(tmp_path, tiny_data)
     flags = {n: [p.requires_grad for p in net.parameters()] for n, net in model.networks.items()}
-    with model.training_step('net_n', 'net_n_b'):
+    with model.learning_only('net_n', 'net_n_b'):
         learning = {n for n, net in model.networks.items() if any(p.requires_grad for p in net.parameters())}
         assert learning == {'net_n', 'net_n_b'}  # frozen networks (net_fm*) stay frozen
     assert flags == {n: [p.requires_grad for p in net.parameters()] for n, net in model.networks.items()}
     with pytest.raises(KeyError, match="'net_fm'"):  # a frozen network cannot learn in a step
-        with model.training_step('net_fm'):
+        with model.learning_only('net_fm'):
             pass

@@ -20,7 +20,7 @@ class _TestBNNet(nn.Module):
 
 
 def _model(decay=0.5, **train):
-    opt = {'name': 'm', 'model_type': 'RestorationModel', 'is_train': True, 'num_gpu': 0,
+    opt = {'name': 'm', 'model_type': 'RestorationModel', 'num_gpu': 0,
            'network_g': {'type': '_TestBNNet'}, 'train': {'ema_decay': decay, **train}}
     m = BaseModel(opt)
     m.build_net('network_g')
@@ -36,7 +36,7 @@ def test_ema_averages_params_and_copies_buffers():
         net.conv.weight.add_(1.0)
     net.train()
     net(torch.rand(4, 3, 8, 8) * 5)  # updates BatchNorm running statistics
-    m.update_ema()
+    m._update_ema(['net_g'])
     assert torch.allclose(ema.conv.weight, p0 + 0.5)  # 0.5 * old + 0.5 * (old + 1)
     assert torch.equal(ema.bn.running_mean, net.bn.running_mean)
     assert torch.equal(ema.bn.running_var, net.bn.running_var)
@@ -52,13 +52,12 @@ def test_bf16_amp_and_grad_clip_train_on_cpu(tiny_data, in_tmp):
     assert all(torch.isfinite(v).all() for v in state['params'].values())
 
 
-def test_backward_step_clips_gradients():
+def test_optimize_clips_gradients():
     m = _model(0, grad_clip={'max_norm': 1e-3}, optim_g={'type': 'SGD', 'lr': 1.0})
     net = m.networks['net_g']
-    m.add_optimizer('g', net.parameters(), 'optim_g')
+    m.add_optimizer('g', 'optim_g', ('net_g', ))
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    loss = (net(torch.rand(2, 3, 8, 8)) * 100).pow(2).mean()
-    m.backward_step(loss, 'g')
+    m.optimize('g', lambda x: {'big': (net(x) * 100).pow(2).mean()}, torch.rand(2, 3, 8, 8))
     change = torch.sqrt(sum(((net.state_dict()[k] - before[k]).float() ** 2).sum()
                             for k in before if 'num_batches' not in k and 'running' not in k))
     assert change <= 1e-3 + 1e-6  # lr 1 * clipped gradient norm

@@ -12,13 +12,14 @@ from irtoolkit.utils.checkpoint import atomic_save, read_state_dict
 from irtoolkit.config.options import apply_overrides, load_options, parse_options, resolve_options, validate_options
 from irtoolkit.utils.registry import build_model
 from irtoolkit.config.schema import NUM, Option, check_options, fill_defaults
+from irtoolkit.config.run import RunContext
 from irtoolkit.utils.errors import OptionError
 
 NET = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1], 'dec_blk_nums': [1]}
 
 
 def _base_opt(**train):
-    return {'name': 't', 'model_type': 'RestorationModel', 'is_train': True, 'num_gpu': 0, 'network_g': NET,
+    return {'name': 't', 'model_type': 'RestorationModel', 'num_gpu': 0, 'network_g': NET,
             'path': {}, 'train': train}
 
 
@@ -31,9 +32,7 @@ def test_build_losses_required_optional_and_the_rest():
 
 
 def test_build_net_frozen_unsaved_and_constructor_args(tmp_path):
-    opt = _base_opt()
-    opt['path'] = {'models': str(tmp_path), 'training_states': str(tmp_path)}
-    m = BaseModel(opt)
+    m = BaseModel(_base_opt(), RunContext(paths={'models': str(tmp_path), 'training_states': str(tmp_path)}))
     g = m.build_net('network_g')
     t = m.build_net('teacher', 'net_t', trainable=False, save=False, net_opt=NET, args={'width': 4})
     assert t.intro.out_channels == 4 and NET['width'] == 8  # args never reach the options
@@ -71,7 +70,6 @@ def test_read_state_dict_entries(tmp_path):
 def test_models_never_write_into_their_options(tiny_data, in_tmp):
     """CDD-GAN used to add network_g_b / network_n / dims to the options while building."""
     opt = parse_options(write_options(shrink_recipe(tiny_data, 'cdd', 10, **CDDGAN_DEMO), in_tmp / 'cdd.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     before = copy.deepcopy(opt)
     model = build_model(opt)
     assert opt == before
@@ -117,7 +115,7 @@ def _main(argv, capsys):
 
 def test_describe_prints_model_and_arch_tables(capsys):
     code, out, _ = _main(['--describe', 'CDDGANModel'], capsys)
-    assert code == 0 and '| contrastive.num_patches ' in out and '256' in out
+    assert code == 0 and '| cddgan.num_patches ' in out and '256' in out
     code, out, _ = _main(['--describe', 'NAFNet'], capsys)
     assert code == 0 and '| width ' in out and '| 16 ' in out
     code, _, err = _main(['--describe', 'NAFNett'], capsys)

@@ -9,7 +9,7 @@ import torch
 from irtk_testutils import REPO, shrink_recipe, write_options
 
 from irtoolkit.engine.run_log import parse_log
-from irtoolkit.engine.runner import build_model
+from irtoolkit.utils.registry import build_model
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.config.options import parse_options
 from irtoolkit.config.recipe import load_recipe
@@ -31,7 +31,6 @@ def small_recipe(data_root, name='nlcl', iters=20, **nlcl):
 def build(data_root, tmp, **nlcl):
     torch.manual_seed(0)
     opt = parse_options(write_options(small_recipe(data_root, **nlcl), tmp / 'nlcl.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     return build_model(opt)
 
 
@@ -143,7 +142,6 @@ def test_without_contrastive_terms(tiny_data, in_tmp):
     del opt['train']['nlcl_opt'], opt['train']['optim_heads']
     torch.manual_seed(0)
     opt = parse_options(write_options(opt, in_tmp / 'plain.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     m = build_model(opt)
     assert set(m.networks) == {'net_g', 'net_r', 'net_d'} and set(m.optimizers) == {'g', 'd'}
     m.feed_data({'lq': torch.rand(2, 3, 40, 40), 'gt': torch.rand(2, 3, 40, 40)})

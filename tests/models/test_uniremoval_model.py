@@ -9,7 +9,7 @@ import torch
 from irtk_testutils import REPO, write_options
 
 from irtoolkit.engine.run_log import parse_log
-from irtoolkit.engine.runner import build_model
+from irtoolkit.utils.registry import build_model
 from irtoolkit.engine.runner import train as run_train
 from irtoolkit.config.options import parse_options
 from irtoolkit.config.recipe import load_recipe
@@ -45,7 +45,6 @@ def stage1_recipe(data_root, teachers, name='uni1', iters=20):
 
 def test_stage1_teachers_frozen_and_routed(tiny_data, in_tmp, teachers):
     opt = parse_options(write_options(stage1_recipe(tiny_data, teachers), in_tmp / 'u1.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     m = build_model(opt)
     before = [{k: v.clone() for k, v in t.state_dict().items()} for t in m.teachers]
     student = {k: v.clone() for k, v in m.net_g.state_dict().items()}
@@ -70,7 +69,6 @@ def test_stage1_missing_checkpoint_is_one_clear_error(tiny_data, in_tmp, teacher
     opt = stage1_recipe(tiny_data, teachers)
     opt['uniremoval']['teachers'][1]['checkpoint'] = 'nowhere/teacher.pth'
     opt = parse_options(write_options(opt, in_tmp / 'bad.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     with pytest.raises(OptionError, match=r'uniremoval.teachers\[1\].checkpoint: cannot load nowhere/teacher.pth'):
         build_model(opt)
 
@@ -114,7 +112,6 @@ def stage1_model(tiny_data, in_tmp, teachers, **uni):
     opt = stage1_recipe(tiny_data, teachers)
     opt['uniremoval'].update(uni)
     opt = parse_options(write_options(opt, in_tmp / 'u1.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     return build_model(opt)
 
 
@@ -123,10 +120,9 @@ def test_stage1_batch_negatives_encoded_by_the_anchors_teacher(tiny_data, in_tmp
     b's own teacher (the encoder of its anchor and positive), not other inputs seen by other teachers."""
     m = stage1_model(tiny_data, in_tmp, teachers)
     x = torch.rand(3, 3, 32, 32)
-    m.feed_data({'lq': x, 'gt': torch.rand(3, 3, 32, 32), 'deg_type': ['rain', 'haze', 'blur']})
-    idx = m._label_index(m.label)
+    idx = m.batch_labels({'lq': x, 'gt': torch.rand(3, 3, 32, 32), 'deg_type': ['rain', 'haze', 'blur']})
     with torch.no_grad():
-        negs = m._image_negatives(idx)
+        negs = m._image_negatives(x, idx)
         direct = [tap(x) for tap in m.img_taps]  # [teacher][layer] (B, C, H, W)
     for layer, n in enumerate(negs):
         assert n.shape[:2] == (3, 3)
@@ -138,7 +134,6 @@ def test_stage1_without_mgcl_has_no_projectors(tiny_data, in_tmp, teachers):
     opt = stage1_recipe(tiny_data, teachers)
     del opt['train']['mgcl_opt']
     opt = parse_options(write_options(opt, in_tmp / 'u1.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     m = build_model(opt)
     assert set(m.networks) == {'net_g', 'net_teacher0', 'net_teacher1', 'net_teacher2'}
     m.feed_data({'lq': torch.rand(3, 3, 32, 32), 'gt': torch.rand(3, 3, 32, 32), 'deg_type': ['rain', 'haze', 'blur']})
@@ -155,7 +150,6 @@ def stage2_model(in_tmp, data_root, **uni):
     opt['uniremoval'].update(cluster_dim=16, queue_size=8, **uni)
     opt['path']['pretrain_network_g'] = None
     opt = parse_options(write_options(opt, in_tmp / 'u2.yml'), True)
-    opt.update(rank=0, world_size=1, dist=False)
     return build_model(opt)
 
 
