@@ -41,8 +41,6 @@ import numpy as np
 import yaml
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
-    sys.path.insert(0, ROOT)
 
 RECIPES = {'cddgan': 'options/train/CDDGAN/demo_CDDGAN_haze.yml', 'nlcl': 'options/train/NLCL/demo_NLCL_rain.yml',
            'uniremoval': 'options/train/UniRemoval/demo_UniRemoval_stage1.yml'}

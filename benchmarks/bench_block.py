@@ -7,18 +7,12 @@ training step: the layouts alternate inside one process, ``--repeats`` rounds of
     python benchmarks/bench_block.py --width 64 --batch 4 --size 128 --compile
 """
 import argparse
-import os.path as osp
 import statistics
-import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-from irtoolkit.archs.nafnet_arch import NAFBlock  # noqa: E402
+from irtoolkit.archs.nafnet_arch import NAFBlock
 
 
 def fwd_bwd_seconds(block, x, passes):

@@ -12,24 +12,19 @@ of images per second.
 import argparse
 import os
 import os.path as osp
-import sys
 import tempfile
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
-    sys.path.insert(0, ROOT)
+import cv2
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import irtoolkit  # noqa: E402,F401
-from irtoolkit.data.degradations import add_gaussian_noise  # noqa: E402
-from irtoolkit.data.demo import TRAIN_PHOTOS, load_photo  # noqa: E402
-from irtoolkit.data.lmdb_util import files_to_lmdb  # noqa: E402
-from irtoolkit.data.sources import scan_images  # noqa: E402
-from irtoolkit.utils.registry import DATASET_REGISTRY  # noqa: E402
+import irtoolkit  # noqa: F401
+from irtoolkit.data.degradations import add_gaussian_noise
+from irtoolkit.data.demo import TRAIN_PHOTOS, load_photo
+from irtoolkit.data.lmdb_util import files_to_lmdb
+from irtoolkit.data.sources import scan_images
+from irtoolkit.utils.registry import DATASET_REGISTRY
 
 
 def make_set(root, n, size, seed=0, lmdb_levels=(1, 0)):

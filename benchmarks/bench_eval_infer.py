@@ -31,8 +31,6 @@ import tempfile
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
-    sys.path.insert(0, ROOT)
 
 NAFNET_W32 = {'type': 'NAFNet', 'img_channel': 3, 'width': 32, 'middle_blk_num': 12, 'enc_blk_nums': [2, 2, 4, 8],
               'dec_blk_nums': [2, 2, 2, 2]}

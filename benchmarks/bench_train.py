@@ -30,10 +30,6 @@ import subprocess
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
-    sys.path.insert(0, ROOT)
-
 UPSTREAM_LOSSES = {'infonce_opt': {'type': 'QueueInfoNCELoss'}, 'content_opt': {'type': 'ContentLoss'},
                    'style_opt': {'type': 'StyleLoss'}}
 MODELS = {
@@ -186,7 +182,7 @@ def irtoolkit_model(name, device, speed=None):
     model_type, net, extra = MODELS[name]
     train = {'optim_g': dict(ADAMW, type='AdamW', betas=list(ADAMW['betas'])), 'pixel_opt': {'type': 'L1Loss'},
              'ema_decay': 0.999, **extra, **(speed or {})}
-    opt = {'name': 'bench', 'model_type': model_type, 'is_train': True, 'num_gpu': int(device == 'cuda'),
+    opt = {'name': 'bench', 'model_type': model_type, 'num_gpu': int(device == 'cuda'),
            'device': device, 'manual_seed': 0, 'network_g': net, 'train': train, 'path': {}}
     set_random_seed(0)
     return build_model(fill_defaults(opt, model_schema(model_type)))  # the defaults a recipe run gets

@@ -38,17 +38,13 @@ import platform
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # run from anywhere: this checkout's package
-    sys.path.insert(0, ROOT)
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import irtoolkit  # noqa: E402,F401
-from irtoolkit.engine.data import build_dataloader, build_dataset  # noqa: E402
-from irtoolkit.engine.runner import build_model, set_random_seed  # noqa: E402
-from irtoolkit.models.base_model import bare  # noqa: E402
+import irtoolkit  # noqa: F401
+from irtoolkit.engine.data import build_dataloader, build_dataset
+from irtoolkit.engine.runner import build_model, set_random_seed
+from irtoolkit.models.base_model import bare
 
 DEGS = ('haze', 'rain', 'noise', 'blur')
 ARMS = ('NAFNet', 'ConStyle-joint', 'prior-random', 'v2-bn-eval', 'v2-bn-train')
@@ -90,7 +86,7 @@ def options(name, model_type, net, train_extra, path_extra, iters, lr, seed, pix
     if pixel:
         train['pixel_opt'] = {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}
     train.update(train_extra)
-    return {'name': name, 'model_type': model_type, 'is_train': True, 'num_gpu': 0, 'manual_seed': seed,
+    return {'name': name, 'model_type': model_type, 'num_gpu': 0, 'manual_seed': seed,
             'network_g': net, 'train': train, 'path': dict(path_extra), 'val': {'metrics': METRICS}}
 
 

@@ -1,7 +1,5 @@
-"""Test from an options file: ``python irtoolkit/test.py -opt options/test/x.yml`` (``--describe NAME`` prints
-what a registered model or arch accepts)."""
-import os.path as osp
-import sys
+"""Test from an options file: ``irtk-test -opt options/test/x.yml``, or ``python irtoolkit/test.py ...``
+(``--describe NAME`` prints what a registered model or arch accepts)."""
 
 
 def main(argv=None):
@@ -10,6 +8,5 @@ def main(argv=None):
     user_errors(test, argv)
 
 
-if __name__ == '__main__':  # as a script: the folder above on the path, so `irtoolkit` is the package, not this folder
-    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if __name__ == '__main__':
     main()

@@ -1,12 +1,7 @@
-"""Train from an options file: ``python irtoolkit/train.py -opt options/train/x.yml [--launcher pytorch]``."""
-import os.path as osp
-import sys
-
-if __package__ in (None, ''):  # run as a script: import the package, not the files beside this one
-    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-import irtoolkit  # noqa: E402,F401  (applies compat patches and registers everything)
-from irtoolkit.engine.runner import train, user_errors  # noqa: E402
+"""Train from an options file: ``irtk-train -opt options/train/x.yml [--launcher pytorch]``, or
+``python irtoolkit/train.py ...`` (the package is installed, ``pip install -e .``: no path set-up is needed)."""
+import irtoolkit  # noqa: F401  (applies compat patches and registers everything)
+from irtoolkit.engine.runner import train, user_errors
 
 
 def main(argv=None):

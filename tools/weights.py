@@ -1,73 +1,11 @@
-"""List the weight files irtoolkit's metrics and losses need, whether each is present, and where it goes.
+"""``python tools/weights.py ...``: the same command as the console script ``irtk-weights``.
 
-    python tools/weights.py            # table of every consumer
-    python tools/weights.py --missing  # only what is missing
-    python tools/weights.py --json
-
-The folder is ``$IRTOOLKIT_WEIGHTS`` (default ``~/.cache/irtoolkit/weights``). Files keep their upstream names
-(torchvision checkpoints, pyiqa's IQA-PyTorch-Weights, ``hf/<repo>/<file>`` for Hugging Face hub files); the
-``source`` column says where to fetch each on a machine with internet. Nothing here downloads anything.
+The code is in :mod:`irtoolkit.cli.weights`; this file only runs it (the package is installed with
+``pip install -e .``, so no path set-up is needed).
 """
-import argparse
-import json
-import os.path as osp
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # run as a script from anywhere, or imported by a test: this checkout's package
-    sys.path.insert(0, ROOT)
-
-import irtoolkit  # noqa: E402,F401  (registers the losses, which declare their files)
-from irtoolkit.utils.weights import ENV_VAR, REQUIREMENTS, weights_dir  # noqa: E402
-
-NO_FILE_METRICS = ('psnr', 'psnry', 'ssim', 'ssimc', 'ms_ssim', 'cw_ssim', 'fsim', 'gmsd', 'vif', 'vsi', 'nlpd',
-                   'mad', 'piqe', 'entropy', 'niqe')
-PAPER_METRICS = ('psnr_rgb', 'psnr_y', 'ssim_rgb', 'ssim_y', 'calculate_psnr', 'calculate_ssim', 'calculate_niqe')
-
-
-def rows():
-    folder = weights_dir()
-    out = []
-    for consumer, (files, note) in REQUIREMENTS.items():
-        if not files:
-            out.append({'consumer': consumer, 'file': None, 'present': True, 'path': None, 'source': None,
-                        'note': note})
-        for f in files:
-            path = osp.join(folder, f.name)
-            out.append({'consumer': consumer, 'file': f.name, 'present': osp.isfile(path), 'path': path,
-                        'source': f.source, 'note': note})
-    return out
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--missing', action='store_true', help='only list missing files')
-    p.add_argument('--json', action='store_true', help='machine-readable output')
-    args = p.parse_args(argv)
-    table = rows()
-    if args.missing:
-        table = [r for r in table if not r['present']]
-    if args.json:
-        print(json.dumps({'weights_dir': weights_dir(), 'files': table}, indent=1))
-        return
-    folder = weights_dir()
-    print(f'weights folder: {folder}  (${ENV_VAR}; {"exists" if osp.isdir(folder) else "does not exist yet"})')
-    print('files keep their upstream names; hf/<repo>/<file> for Hugging Face hub files. Nothing is downloaded.\n')
-    width = max(len(r['consumer']) for r in table) if table else 10
-    fwidth = max((len(r['file'] or '-') for r in table), default=10)
-    print(f'{"consumer":<{width}}  {"file":<{fwidth}}  status   source')
-    for r in table:
-        status = 'ok' if r['present'] else 'missing'
-        if r['file'] is None:
-            print(f'{r["consumer"]:<{width}}  {"-":<{fwidth}}  ok       {r["note"]}')
-            continue
-        extra = f'  ({r["note"]})' if r['note'] else ''
-        print(f'{r["consumer"]:<{width}}  {r["file"]:<{fwidth}}  {status:<7}  {r["source"]}{extra}')
-    all_rows = rows()
-    missing = sorted({r['file'] for r in all_rows if not r['present']})
-    print(f'\n{len(missing)} file(s) missing; put them in {folder}')
-    print(f'no file needed: pyiqa {", ".join(NO_FILE_METRICS)}; irtoolkit/basicsr {", ".join(PAPER_METRICS)}')
-
+from irtoolkit.cli.weights import main
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

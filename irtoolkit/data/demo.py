@@ -9,6 +9,10 @@ photos are never used for training crops (split by source photo). Layout under `
     <deg>/val/lq/*.png, val/gt/*.png        the same validation pairs as PNG (same names)
     <deg>/unpaired_lq.lmdb, unpaired_gt.lmdb  degraded and clean 128x128 crops from different source crops
     manifest.json                           what was built, from what, with which seed (written last)
+
+This module builds the data only; its command is ``irtk-make-demo-data`` (:mod:`irtoolkit.cli.make_demo_data`). The
+demo itself (training, inference, evaluation, report on this data) is the ``irtk-demo`` command,
+:mod:`irtoolkit.cli.demo`.
 """
 import json
 import os

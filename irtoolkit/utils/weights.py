@@ -9,8 +9,8 @@
 Nothing is ever downloaded. :func:`offline_weights` wraps the construction of third-party models (pyiqa metrics,
 lpips, torchvision/timm backbones): every download hook they use is redirected to this folder, and a missing file
 raises :class:`MissingWeightsError` with one line naming the file and the folder — never a random network.
-``python tools/weights.py`` lists, for every consumer in :data:`REQUIREMENTS`, which files it needs and whether
-they are present.
+``irtk-weights`` (``python tools/weights.py``, :mod:`irtoolkit.cli.weights`) lists, for every consumer in
+:data:`REQUIREMENTS`, which files it needs and whether they are present (:func:`weights_report`).
 """
 import contextlib
 import os
@@ -241,13 +241,17 @@ def offline_weights(purpose):
 
 
 def weights_report():
-    """Rows ``(consumer, file, present, path or note)`` for every registered consumer (see ``tools/weights.py``)."""
+    """One row per (consumer, file) of :data:`REQUIREMENTS`, in their order, as the ``irtk-weights`` listing shows
+    them: dicts with ``consumer``, ``file``, ``present``, ``path`` (in :func:`weights_dir`), ``source`` and ``note``;
+    a consumer that needs no file has one row with ``file``, ``path`` and ``source`` None and ``present`` True."""
     rows = []
     folder = weights_dir()
     for consumer, (files, note) in REQUIREMENTS.items():
         if not files:
-            rows.append((consumer, '-', True, note))
+            rows.append({'consumer': consumer, 'file': None, 'present': True, 'path': None, 'source': None,
+                         'note': note})
         for f in files:
             path = osp.join(folder, f.name)
-            rows.append((consumer, f.name, osp.isfile(path), path + (f'  [{note}]' if note else '')))
+            rows.append({'consumer': consumer, 'file': f.name, 'present': osp.isfile(path), 'path': path,
+                         'source': f.source, 'note': note})
     return rows

@@ -1,22 +1,15 @@
-"""Tiled inference equals untiled inference (exactly in one tile, within 1e-3 across tiles); tools/infer.py."""
-import importlib.util
-import os.path as osp
-
+"""Tiled inference equals untiled inference (exactly in one tile, within 1e-3 across tiles); irtk-infer."""
 import cv2
 import numpy as np
 import pytest
 import torch
-from irtk_testutils import REPO
 from torch import nn
 
 from irtoolkit.archs.nafnet_arch import NAFNet
+from irtoolkit.cli import infer as infer_tool
 from irtoolkit.utils.checkpoint import atomic_save
 from irtoolkit.utils.image_io import read_image
 from irtoolkit.inference.tiling import axis_weights, tile_starts, tiled_forward, tiled_forward_whole_image_pooling
-
-_spec = importlib.util.spec_from_file_location('irtk_infer_tool', osp.join(REPO, 'tools/infer.py'))
-infer_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(infer_tool)
 
 NAF_OPT = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
 

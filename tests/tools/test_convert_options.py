@@ -1,11 +1,8 @@
-"""tools/convert_options.py: upstream IRConStyle and BasicSR-fork recipes in, irtoolkit recipes out, every change
-printed; what cannot be mapped is reported, one line each."""
-import os.path as osp
-import importlib.util
-
+"""irtk-convert-options (tools/convert_options.py): upstream IRConStyle and BasicSR-fork recipes in, irtoolkit
+recipes out, every change printed; what cannot be mapped is reported, one line each."""
 import yaml
-from irtk_testutils import REPO
 
+from irtoolkit.cli import convert_options as convert_options_cli
 from irtoolkit.config.convert import convert_options
 from irtoolkit.config.options import parse_options
 from irtoolkit.config.recipe import yaml_load
@@ -130,10 +127,7 @@ def test_cli_prints_changes_and_what_it_could_not_map(tiny_data, tmp_path, capsy
     src.write_text(UPSTREAM_CONSTYLE.format(root=tiny_data).replace('ConStyleNAFNet}', 'ConStyleNAFNetLocal}')
                    + 'mystery_key: 1\n')
     out = tmp_path / 'out.yml'
-    spec = importlib.util.spec_from_file_location('irtk_convert_options', osp.join(REPO, 'tools/convert_options.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main([str(src), str(out)]) == 1  # the exit status: some keys need a hand
+    assert convert_options_cli.main([str(src), str(out)]) == 1  # the exit status: some keys need a hand
     lines = capsys.readouterr().out.splitlines()
     assert 'changed  model_type: ConStyle -> ConStyleModel' in lines
     not_mapped = [ln for ln in lines if ln.startswith('NOT MAPPED')]

@@ -1,18 +1,12 @@
 """`make demo` end to end with 2 iterations per model: data, training, inference, evaluation, report."""
-import importlib.util
-import os.path as osp
-
 import pytest
-from irtk_testutils import REPO
 
+from irtoolkit.cli import demo
 from irtoolkit.engine.run_log import parse_log
 
 
 @pytest.mark.slow
 def test_demo_pipeline_writes_report(in_tmp):
-    spec = importlib.util.spec_from_file_location('irtk_demo', osp.join(REPO, 'tools', 'demo.py'))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
     out = in_tmp / 'results' / 'demo'
     demo.main(['--iters', '2', '--data-root', str(in_tmp / 'demo_data'), '--out', str(out), '--device', 'cpu'])
     report = (out / 'report.md').read_text()

@@ -1,6 +1,6 @@
-"""tools/evaluate.py: name matching, listed misses, batching that does not change values, report files."""
+"""irtk-evaluate (tools/evaluate.py): name matching, listed misses, batching that does not change values, report
+files."""
 import csv
-import importlib.util
 import json
 import os.path as osp
 
@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 import skimage.data
 
+from irtoolkit.cli import evaluate as evaluate_tool
 from irtoolkit.utils.image_io import read_image
 from irtoolkit.metrics.calculate import MetricSet
 from irtoolkit.metrics.evaluation import evaluate_folders
-from irtk_testutils import REPO
-
-_spec = importlib.util.spec_from_file_location('irtk_evaluate_tool', osp.join(REPO, 'tools/evaluate.py'))
-evaluate_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_tool)
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,5 @@
-"""tools/create_lmdb.py and irtoolkit.data.lmdb_util: round trip, verify, corruption, pairing errors, reuse."""
-import importlib.util
+"""irtk-create-lmdb (tools/create_lmdb.py) and irtoolkit.data.lmdb_util: round trip, verify, corruption, pairing
+errors, reuse."""
 import os
 import os.path as osp
 import shutil
@@ -8,21 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from irtk_testutils import REPO
 
+from irtoolkit.cli import create_lmdb
 from irtoolkit.data.lmdb_util import LmdbRecordError, read_meta_info
 from irtoolkit.data.sources import PairingError
 from irtoolkit.utils.registry import DATASET_REGISTRY
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location('irtk_tool_create_lmdb', osp.join(REPO, 'tools', 'create_lmdb.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-create_lmdb = _tool()
 
 
 def _paired(split_root, lq, gt, phase='val', backend='lmdb', **kw):

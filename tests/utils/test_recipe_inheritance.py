@@ -7,29 +7,25 @@ The snapshot, ``tests/data/resolved_recipes.json``, holds what every recipe reso
 unchanged. When a recipe changes on purpose (a new value, a recipe added or removed), refresh the snapshot and
 review the difference before committing it:
 
-    python tools/snapshot_recipes.py --check    # every recipe and key path that differs, and how
-    python tools/snapshot_recipes.py            # rewrite tests/data/resolved_recipes.json
+    irtk-snapshot-recipes --check    # every recipe and key path that differs, and how (or python tools/...)
+    irtk-snapshot-recipes            # rewrite tests/data/resolved_recipes.json
     git diff tests/data/resolved_recipes.json   # only the values you meant to change?
 
 A change to a base changes every recipe built on it: ``--check`` lists them all.
 """
-import importlib.util
 import os.path as osp
 
 import pytest
 import yaml
 from irtk_testutils import REPO
 
+from irtoolkit.cli import snapshot_recipes as snapshot_tool
 from irtoolkit.config.recipe import load_recipe
 from irtoolkit.utils.errors import OptionError
 
-_spec = importlib.util.spec_from_file_location('irtk_snapshot_recipes', osp.join(REPO, 'tools', 'snapshot_recipes.py'))
-snapshot_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(snapshot_tool)
-
 SNAPSHOT = snapshot_tool.load_snapshot(osp.join(REPO, snapshot_tool.SNAPSHOT))
 RECIPES = snapshot_tool.recipe_paths()
-REFRESH = 'if the change is meant, run python tools/snapshot_recipes.py and review the diff'
+REFRESH = 'if the change is meant, run irtk-snapshot-recipes (python tools/snapshot_recipes.py) and review the diff'
 
 
 # ---------------------------------------------------------------- the recipes under options/

@@ -3,14 +3,13 @@
 Where a test needs weight files it writes randomly initialised torchvision state dicts under the real file names
 into a temporary folder: that checks where weights are read from, not what they are worth.
 """
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 import torchvision
-from irtk_testutils import REPO
 
+from irtoolkit.cli import weights as weights_cli
 from irtoolkit.utils import weights as W
 
 
@@ -61,7 +60,7 @@ def test_pyiqa_metric_without_weights_fails_naming_the_file(empty_weights, metri
 
 
 def test_requirements_table_matches_what_metrics_ask_for_first(empty_weights, monkeypatch):
-    """The tools/weights.py listing is only useful if it is right: each metric's first file is what it asks for.
+    """The irtk-weights listing is only useful if it is right: each metric's first file is what it asks for.
 
     Every metric stops at its first weight file, before any weight is used, so the networks are built without their
     random fills (torch.nn.init's are no-ops here): filling VGG, AlexNet and ResNet weights was 80% of the time."""
@@ -164,10 +163,7 @@ def test_perceptual_gram_loss_uses_the_file(fake_weights, monkeypatch):
 
 def test_weights_tool_lists_missing_files(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('IRTOOLKIT_WEIGHTS', str(tmp_path / 'none'))
-    spec = importlib.util.spec_from_file_location('irtk_weights_tool', osp.join(REPO, 'tools/weights.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([])
+    weights_cli.main([])
     text = capsys.readouterr().out
     assert f'weights folder: {tmp_path / "none"}' in text
     assert 'alexnet-owt-7be5be79.pth' in text and 'missing' in text
@@ -175,7 +171,7 @@ def test_weights_tool_lists_missing_files(tmp_path, monkeypatch, capsys):
     assert 'loss PerceptualGramLoss (vgg19)' in text
     (tmp_path / 'none').mkdir()
     torch.save({}, tmp_path / 'none' / W.TV_VGG19.name)
-    tool.main(['--missing'])
+    weights_cli.main(['--missing'])
     assert 'vgg19-dcbb9e9d.pth' not in capsys.readouterr().out
 
 
