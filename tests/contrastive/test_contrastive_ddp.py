@@ -8,21 +8,20 @@ import sys
 
 import pytest
 import torch
-from irtk_testutils import REPO, SMALL_NAFNET, TESTS, UNIREMOVAL_LABELS
+from irtk_testutils import SMALL_NAFNET, TESTS, UNIREMOVAL_LABELS
 
 WORKER = r'''
 import json, sys
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-sys.path.insert(0, sys.argv[1])
 from irtk_testutils import (CDDGAN_DEMO, NLCL_DEMO, UNIREMOVAL_DEMO_STAGE1, shrink_recipe, uniremoval_teachers,
                             write_options)
 from irtoolkit.utils.registry import build_model
 from irtoolkit.models.base_model import bare
 from irtoolkit.config.options import parse_options
 
-data, tmp, teachers = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+data, tmp, teachers = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 dist.init_process_group('gloo')
 rank = dist.get_rank()
 nlcl = shrink_recipe(data, 'nlcl', **NLCL_DEMO)
@@ -66,9 +65,9 @@ def test_contrastive_models_synchronise_every_trainable_module(tiny_data, in_tmp
         teachers[lab] = str(in_tmp / f'teacher_{lab}.pth')
         torch.save({'params': net.state_dict()}, teachers[lab])
     (in_tmp / 'worker.py').write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=TESTS)  # irtk_testutils; irtoolkit is installed
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29657',
-           str(in_tmp / 'worker.py'), TESTS, str(tiny_data), str(in_tmp), json.dumps(teachers)]
+           str(in_tmp / 'worker.py'), str(tiny_data), str(in_tmp), json.dumps(teachers)]
     proc = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -204,14 +204,13 @@ RANKS = r'''
 import sys
 import torch
 import torch.distributed as dist
-sys.path.insert(0, sys.argv[1])
 from irtoolkit.training.nonfinite import NonFiniteError
 from irtoolkit.config.options import parse_options
 from irtoolkit.utils.registry import build_model
 
 dist.init_process_group('gloo')
 rank = dist.get_rank()
-opt = parse_options(sys.argv[2], True)
+opt = parse_options(sys.argv[1], True)
 model = build_model(opt)
 gt = torch.rand(2, 3, 32, 32)
 if rank == 1:
@@ -234,7 +233,7 @@ def test_ranks_decide_together(tiny_data, in_tmp):
     (in_tmp / 'ranks.py').write_text(RANKS)
     path = write_options(_opt(tiny_data, 'ranks', 4), in_tmp / 'ranks.yml')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29671',
-           str(in_tmp / 'ranks.py'), REPO, path]
+           str(in_tmp / 'ranks.py'), path]
     proc = subprocess.run(cmd, cwd=in_tmp, capture_output=True, text=True, timeout=240,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))
     out = proc.stdout + proc.stderr

@@ -7,7 +7,7 @@
 * no .py file under irtoolkit/, tools/, benchmarks/ or tests/ changes ``sys.path`` (assignment, item or slice
   assignment, ``+=``, ``del``, a mutating list method, ``site.addsitedir``), neither in its code nor in a Python
   script it holds in a string (a subprocess worker). The package is installed (``pip install -e .``), so nothing
-  needs to; :data:`KNOWN_EDITS` lists the files that still do.
+  needs to.
 """
 import ast
 import glob
@@ -25,11 +25,6 @@ with open(osp.join(REPO, 'pyproject.toml'), 'rb') as _f:
     SCRIPTS = tomllib.load(_f)['project']['scripts']
 
 # Files that still edit sys.path, each with why; remove an entry when its file is fixed (its test then xpasses).
-KNOWN_EDITS = {
-    'tests/engine/test_faults.py': 'the RANKS subprocess script puts the checkout on sys.path',
-    'tests/contrastive/test_contrastive_ddp.py': 'the WORKER subprocess script puts the checkout on sys.path '
-                                                 '(it also needs tests/ for irtk_testutils: PYTHONPATH does that)',
-}
 SCANNED = ('irtoolkit', 'tools', 'benchmarks', 'tests')
 MUTATING_METHODS = {'insert', 'append', 'extend', 'remove', 'pop', 'clear', 'reverse', 'sort', '__setitem__',
                     '__delitem__', '__iadd__'}
@@ -228,16 +223,6 @@ def test_detector_leaves_reading_sys_path_alone(snippet):
 def test_no_file_edits_sys_path():
     files = _python_files()
     assert len(files) > 100 and 'tools/infer.py' in files and 'irtoolkit/cli/infer.py' in files
-    offenders = {rel: edits for rel in files if rel not in KNOWN_EDITS for edits in [_edits(rel)] if edits}
+    offenders = {rel: edits for rel in files for edits in [_edits(rel)] if edits}
     assert not offenders, ('sys.path edits (the package is installed: import it instead; a subprocess finds it '
                            f'too): {offenders}')
-
-
-@pytest.mark.parametrize('rel', sorted(KNOWN_EDITS))
-def test_known_offender_no_longer_edits_sys_path(rel):
-    """xfail while the file edits sys.path; once this passes, remove the file from KNOWN_EDITS."""
-    if not osp.isfile(osp.join(REPO, rel)):
-        pytest.skip(f'{rel} is gone: remove it from KNOWN_EDITS')
-    edits = _edits(rel)
-    if edits:
-        pytest.xfail(f'{rel}: {KNOWN_EDITS[rel]}: {edits}')
