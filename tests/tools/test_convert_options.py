@@ -1,6 +1,11 @@
 """irtk-convert-options (tools/convert_options.py): upstream IRConStyle and BasicSR-fork recipes in, irtoolkit
-recipes out, every change printed; what cannot be mapped is reported, one line each."""
+recipes out, every change printed; what cannot be mapped is reported, one line each; recipes with keys a model
+renamed convert to the shipped ones."""
+import copy
+import os.path as osp
+
 import yaml
+from irtk_testutils import REPO
 
 from irtoolkit.cli import convert_options as convert_options_cli
 from irtoolkit.config.convert import convert_options
@@ -104,7 +109,9 @@ def test_upstream_irconstyle_recipe(tiny_data, tmp_path):
     train = opt['datasets']['train']
     assert train['type'] == 'PairedRestorationDataset' and train['gt_name_sub'] == ['_.*$', '']
     assert 'prefetch_mode' not in train and opt['val']['val_freq'] == 5000 and 'wandb' not in opt['logger']
-    assert len(changes) == 11, changes
+    assert opt['constyle'] == {'iter': 250000} and 'ConStyle_iter' not in opt['train']  # into ConStyle's section
+    assert 'train.ConStyle_iter: -> constyle.iter' in changes
+    assert len(changes) == 12, changes
     path = tmp_path / 'conv.yml'
     path.write_text(yaml.safe_dump(opt))
     assert parse_options(str(path), True)['model_type'] == 'ConStyleModel'  # passes every option check
@@ -113,7 +120,7 @@ def test_upstream_irconstyle_recipe(tiny_data, tmp_path):
 def test_restormer_fork_recipe(tiny_data, tmp_path):
     opt, changes, unmapped = _convert(RESTORMER_FORK, tiny_data)
     assert unmapped == []
-    assert opt['model_type'] == 'RestorationModel' and 'mixing_augs' not in opt['train']
+    assert opt['model_type'] == 'RestorationModel' and opt['train']['mixing_augs'] == {'mixup': False}  # Restormer's
     assert opt['datasets']['val']['degradations'] == [{'type': 'gaussian_noise', 'sigma': 25}]
     assert 'dataroot_lq' not in opt['datasets']['train'] and opt['train']['total_iter'] == 300000
     assert 'test' not in opt and 'crop_border' not in opt and 'suffix' not in opt
@@ -135,3 +142,26 @@ def test_cli_prints_changes_and_what_it_could_not_map(tiny_data, tmp_path, capsy
     assert any('mystery_key: unknown option' in ln for ln in not_mapped)
     assert any("network_g.type: unknown arch 'ConStyleNAFNetLocal'" in ln for ln in not_mapped)
     assert out.is_file()
+
+
+def test_recipes_with_old_keys_convert_to_the_shipped_ones():
+    """Every shipped recipe whose model renamed keys, written with the old keys (the snapshot's values moved back),
+    is refused by the option checks with one line per old key naming the new one, and converts to the shipped
+    recipe exactly."""
+    from irtoolkit.cli.snapshot_recipes import SNAPSHOT, load_snapshot
+    from irtoolkit.config.convert import move_key
+    from irtoolkit.config.options import model_class, renamed_problems, renamed_keys
+    snapshot = load_snapshot(osp.join(REPO, SNAPSHOT))
+    tried = 0
+    for rel, new in snapshot.items():
+        renames = renamed_keys(model_class(new['model_type']))
+        old = copy.deepcopy(new)
+        moved = [o for o, n in renames.items() if move_key(old, n, o)]
+        if not moved:
+            continue
+        tried += 1
+        assert [line.split(':')[0] for line in renamed_problems(old, new['model_type'])] == moved, rel
+        converted, changes, unmapped = convert_options(old)
+        assert converted == new and unmapped == [], (rel, changes, unmapped)
+        assert [c.split(':')[0] for c in changes] == moved, (rel, changes)
+    assert tried == 47  # ConStyle joint / v2 (constyle.*) and CDD-GAN (cddgan) recipes
