@@ -153,7 +153,7 @@ def contrastive_terms(method, opt):
     if method == 'cddgan':
         k = opt['network_n']['num_negatives'] + opt['network_n'].get('queue_size', 0)
         if opt['train']['nce_opt'].get('neg_mode', 'external') == 'both':
-            k += opt['contrastive']['num_patches'] - 1
+            k += opt['cddgan']['num_patches'] - 1
         chance = math.log(1 + k)
         return {'l_nce_x': (chance, 0.0, 'adversarial PatchNCE (G step), (G(x), x)'),
                 'l_nce_y': (chance, 0.0, 'adversarial PatchNCE (G step), identity (G(y), y)'),

@@ -3,8 +3,8 @@
 One full ``optimize_parameters`` step of the real model class (losses, AdamW, EMA 0.999 — upstream's settings) on
 random (B, 3, P, P) pairs, for:
     NAFNet                  the paper's NAFNet baseline configuration (width 64, [5, 6, 7, 7] / 7 / [5, 6, 7, 7])
-    ConStyleNAFNet          upstream defaults, K 65760, iter <= ConStyle_iter (prior trained: all four losses)
-    ConStyleNAFNet-frozen   the same after ConStyle_iter (prior frozen, pixel loss only)
+    ConStyleNAFNet          upstream defaults, K 65760, iter <= constyle.iter (prior trained: all four losses)
+    ConStyleNAFNet-frozen   the same after constyle.iter (prior frozen, pixel loss only)
     ConStyleRestormer       upstream defaults, prior trained
     Restormer               official defaults (not in the default list: slow on CPU)
 Each model runs in its own subprocess so that the peak memory (CPU: max RSS of the process; GPU:
@@ -32,13 +32,14 @@ import time
 
 UPSTREAM_LOSSES = {'infonce_opt': {'type': 'QueueInfoNCELoss'}, 'content_opt': {'type': 'ContentLoss'},
                    'style_opt': {'type': 'StyleLoss'}}
-MODELS = {
+MODELS = {  # name: (model_type, network_g, extra train.* options, other sections of the recipe)
     'NAFNet': ('RestorationModel', {'type': 'NAFNet', 'width': 64, 'enc_blk_nums': [5, 6, 7, 7], 'middle_blk_num': 7,
-                                    'dec_blk_nums': [5, 6, 7, 7]}, {}),
-    'ConStyleNAFNet': ('ConStyleModel', {'type': 'ConStyleNAFNet'}, dict(UPSTREAM_LOSSES, ConStyle_iter=10 ** 9)),
-    'ConStyleNAFNet-frozen': ('ConStyleModel', {'type': 'ConStyleNAFNet'}, dict(UPSTREAM_LOSSES, ConStyle_iter=0)),
-    'ConStyleRestormer': ('ConStyleModel', {'type': 'ConStyleRestormer'}, dict(UPSTREAM_LOSSES, ConStyle_iter=10 ** 9)),
-    'Restormer': ('RestorationModel', {'type': 'Restormer'}, {}),
+                                    'dec_blk_nums': [5, 6, 7, 7]}, {}, {}),
+    'ConStyleNAFNet': ('ConStyleModel', {'type': 'ConStyleNAFNet'}, UPSTREAM_LOSSES, {'constyle': {'iter': 10 ** 9}}),
+    'ConStyleNAFNet-frozen': ('ConStyleModel', {'type': 'ConStyleNAFNet'}, UPSTREAM_LOSSES, {'constyle': {'iter': 0}}),
+    'ConStyleRestormer': ('ConStyleModel', {'type': 'ConStyleRestormer'}, UPSTREAM_LOSSES,
+                          {'constyle': {'iter': 10 ** 9}}),
+    'Restormer': ('RestorationModel', {'type': 'Restormer'}, {}, {}),
 }
 DEFAULT = ['NAFNet', 'ConStyleNAFNet', 'ConStyleNAFNet-frozen', 'ConStyleRestormer']
 
@@ -172,6 +173,8 @@ def upstream_step_fn(config, root, weights, device):
 
 
 def irtoolkit_model(name, device, speed=None):
+    from copy import deepcopy
+
     import torch  # noqa: F401
 
     import irtoolkit  # noqa: F401  (registers everything)
@@ -179,11 +182,11 @@ def irtoolkit_model(name, device, speed=None):
     from irtoolkit.config.options import model_schema
     from irtoolkit.utils.registry import build_model
     from irtoolkit.config.schema import fill_defaults
-    model_type, net, extra = MODELS[name]
+    model_type, net, extra, sections = MODELS[name]
     train = {'optim_g': dict(ADAMW, type='AdamW', betas=list(ADAMW['betas'])), 'pixel_opt': {'type': 'L1Loss'},
              'ema_decay': 0.999, **extra, **(speed or {})}
     opt = {'name': 'bench', 'model_type': model_type, 'num_gpu': int(device == 'cuda'),
-           'device': device, 'manual_seed': 0, 'network_g': net, 'train': train, 'path': {}}
+           'device': device, 'manual_seed': 0, 'network_g': net, 'train': train, 'path': {}, **deepcopy(sections)}
     set_random_seed(0)
     return build_model(fill_defaults(opt, model_schema(model_type)))  # the defaults a recipe run gets
 

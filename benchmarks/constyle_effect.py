@@ -17,8 +17,8 @@ seed on the same batches with the same optimiser and schedule (AdamW 2e-3, one c
     v2-bn-eval        ConStyle v2's two stages: the prior pre-trained alone (ConStylePretrainModel on the same
                       pairs: InfoNCE + Content + Style + a class head naming the degradation + the KL distillation
                       between the query's and the momentum key's class logits), then loaded and frozen in
-                      ConStyleNAFNet (IRConStyleModel), its BatchNorm in eval mode (train.ConStyle_bn: eval)
-    v2-bn-train       the same prior, BatchNorm in train mode as upstream (train.ConStyle_bn: train)
+                      ConStyleNAFNet (IRConStyleModel), its BatchNorm in eval mode (constyle.frozen_bn: eval)
+    v2-bn-train       the same prior, BatchNorm in train mode as upstream (constyle.frozen_bn: train)
 
 The pre-training of a seed runs once and serves both v2 arms; its wall time is reported on its own. Metrics: PSNR
 and SSIM (RGB, uint8, no border crop) on the 8 held-out 256 x 256 validation images of each degradation (photos
@@ -43,8 +43,9 @@ import torch
 
 import irtoolkit  # noqa: F401
 from irtoolkit.engine.data import build_dataloader, build_dataset
-from irtoolkit.engine.runner import build_model, set_random_seed
+from irtoolkit.engine.runner import set_random_seed
 from irtoolkit.models.base_model import bare
+from irtoolkit.utils.registry import build_model
 
 DEGS = ('haze', 'rain', 'noise', 'blur')
 ARMS = ('NAFNet', 'ConStyle-joint', 'prior-random', 'v2-bn-eval', 'v2-bn-train')
@@ -63,22 +64,22 @@ def constyle_net(train, **prior):
 
 
 def arm_options(arm, iters, lr, prior_path=None):
-    """(model_type, network_g, extra train options) of an arm."""
+    """(model_type, network_g, extra train options, path options, constyle options) of an arm."""
     if arm == 'NAFNet':
         return 'RestorationModel', {'type': 'NAFNet', 'width': DIM, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1],
-                                    'dec_blk_nums': [1, 1, 1]}, {}, {}
+                                    'dec_blk_nums': [1, 1, 1]}, {}, {}, {}
     if arm == 'ConStyle-joint':
         losses = {k: dict(v, loss_weight=0.1) for k, v in PRIOR_LOSSES.items()}
-        return 'ConStyleModel', constyle_net(True), dict(losses, ConStyle_iter=max(1, round(0.75 * iters))), {}
+        return 'ConStyleModel', constyle_net(True), losses, {}, {'iter': max(1, round(0.75 * iters))}
     if arm == 'prior-random':
-        return 'IRConStyleModel', constyle_net(False), {}, {}
+        return 'IRConStyleModel', constyle_net(False), {}, {}, {}
     if arm in ('v2-bn-eval', 'v2-bn-train'):
-        return ('IRConStyleModel', constyle_net(False), {'ConStyle_bn': arm.rsplit('-', 1)[1]},
-                {'pretrain_constyle': prior_path})
+        return ('IRConStyleModel', constyle_net(False), {}, {'pretrain_constyle': prior_path},
+                {'frozen_bn': arm.rsplit('-', 1)[1]})
     raise ValueError(f'unknown arm {arm!r}; known: {ARMS}')
 
 
-def options(name, model_type, net, train_extra, path_extra, iters, lr, seed, pixel=True):
+def options(name, model_type, net, train_extra, path_extra, iters, lr, seed, pixel=True, constyle=None):
     train = {'total_iter': iters, 'warmup_iter': -1, 'ema_decay': 0,
              'optim_g': {'type': 'AdamW', 'lr': lr, 'weight_decay': 1e-4, 'betas': [0.9, 0.9]},
              'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'restart_weights': [1],
@@ -86,8 +87,11 @@ def options(name, model_type, net, train_extra, path_extra, iters, lr, seed, pix
     if pixel:
         train['pixel_opt'] = {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}
     train.update(train_extra)
-    return {'name': name, 'model_type': model_type, 'num_gpu': 0, 'manual_seed': seed,
-            'network_g': net, 'train': train, 'path': dict(path_extra), 'val': {'metrics': METRICS}}
+    opt = {'name': name, 'model_type': model_type, 'num_gpu': 0, 'manual_seed': seed,
+           'network_g': net, 'train': train, 'path': dict(path_extra), 'val': {'metrics': METRICS}}
+    if constyle:
+        opt['constyle'] = dict(constyle)
+    return opt
 
 
 def train_loader(root, crop, batch, seed):
@@ -198,8 +202,9 @@ def run_arm(args, arm, seed, prior_path, val):
             print(f'{arm} seed {seed}: done before ({rec["metrics"]["mean"]["psnr"]:.2f} dB), skipped', flush=True)
             return rec
     set_random_seed(seed)
-    model_type, net, extra, path = arm_options(arm, args.iters, args.lr, prior_path)
-    model = build_model(options(f'{arm}_s{seed}', model_type, net, extra, path, args.iters, args.lr, seed))
+    model_type, net, extra, path, constyle = arm_options(arm, args.iters, args.lr, prior_path)
+    model = build_model(options(f'{arm}_s{seed}', model_type, net, extra, path, args.iters, args.lr, seed,
+                                constyle=constyle))
     params, trainable = count_params(model)
     wall, cpu, logs = run_training(model, train_loader(args.data_root, args.crop, args.batch, seed), args.iters)
     t0 = time.time()

@@ -6,7 +6,8 @@ so that they register in basicsr's ``ARCH/LOSS/MODEL/DATASET/METRIC_REGISTRY``.
 """
 import os
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')  # the hub is never reachable here; fail at once, not after 50 s
+# the hub is never reachable here: fail at once, not after the hub's retries
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 from irtoolkit import compat  # noqa: E402
 

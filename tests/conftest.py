@@ -6,7 +6,7 @@ import pytest
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 # Threads that wait for the other one sleep instead of spinning: with the 2 cores shared by other processes, spinning
-# OpenMP barriers made CPU tests 6-8x slower (tests/archs + tests/models, not slow: 144 s spinning, 23 s passive).
+# OpenMP barriers made the CPU tests several times slower.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import irtoolkit  # noqa: E402,F401

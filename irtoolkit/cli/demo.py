@@ -66,8 +66,9 @@ def train_model(label, deg, data_root, iters, device, repo=None):
         overrides += [f'train.total_iter={iters}', f'logger.save_checkpoint_freq={iters}', f'val.val_freq={iters}']
         if 'periods' in (opt['train'].get('scheduler') or {}):
             overrides.append(f'train.scheduler.periods=[{iters}]')
-        if 'ConStyle_iter' in opt['train']:  # keep the same share of joint training
-            overrides.append(f'train.ConStyle_iter={max(1, round(opt["train"]["ConStyle_iter"] * iters / total))}')
+        joint = (opt.get('constyle') or {}).get('iter')
+        if joint is not None and joint >= 0:  # keep the same share of joint training
+            overrides.append(f'constyle.iter={max(1, round(joint * iters / total))}')
     t0 = time.time()
     train(['-opt', recipe, '--force_yml', *overrides])
     took = time.time() - t0

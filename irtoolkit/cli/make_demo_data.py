@@ -3,8 +3,8 @@
     irtk-make-demo-data [--root datasets/demo] [--seed 0] [--force] [--montage PNG]
     python tools/make_demo_data.py [...]    # the same
 
-Offline and in well under a minute. The builder, its layout and recipe: :mod:`irtoolkit.data.demo` (this is only
-its command line) and datasets/README.md.
+Offline (build times: docs/data.md). The builder, its layout and recipe: :mod:`irtoolkit.data.demo` (this is
+only its command line) and datasets/README.md.
 An existing build with the same recipe is kept (``--force`` rebuilds).
 """
 import argparse

@@ -100,5 +100,5 @@ class RunContext:
 
     def describe(self):
         """One line for the log."""
-        return (f'device {self.device.type}, world size {self.world_size}, rank {self.rank}, launcher {self.launcher}'
+        return (f'device {self.device.type}, world size {self.world_size}, launcher {self.launcher}, rank {self.rank}'
                 f', options {self.opt_path or "(built in code)"}')

@@ -1,16 +1,8 @@
-"""Small pieces shared by the contrastive models: per-phase gradient switches, patch embedding and the
-discriminator's loss."""
+"""Small pieces shared by the contrastive models: patch embedding and the discriminator's loss (which networks
+learn in a step is :meth:`irtoolkit.models.base_model.BaseModel.learning_only`'s business)."""
 from irtoolkit.contrastive.samplers import gather
 
-__all__ = ['set_requires_grad', 'embed_patches', 'discriminator_loss']
-
-
-def set_requires_grad(nets, flag):
-    """Switch ``requires_grad`` of every parameter of ``nets`` (a module or a list; ``None`` entries skipped)."""
-    for net in nets if isinstance(nets, (list, tuple)) else [nets]:
-        if net is not None:
-            for p in net.parameters():
-                p.requires_grad_(flag)
+__all__ = ['embed_patches', 'discriminator_loss']
 
 
 def embed_patches(feats, coords, heads):

@@ -62,7 +62,7 @@ def build_dataloader(dataset, dataset_opt, phase, world_size=1, rank=0, seed=0, 
     loaders take one image at a time in order. Every sample is read through a
     :class:`~irtoolkit.engine.sample_guard.SampleGuard` (bad samples named; training randomness per sample and
     epoch). ``persistent_workers`` defaults to on when workers are used (re-spawning workers every epoch costs
-    seconds per epoch on CPU)."""
+    time every epoch on CPU)."""
     key = key or f'datasets.{phase}'
     dataset = SampleGuard(dataset, key, dataset_opt.get('bad_samples') or 'error',
                           float(dataset_opt.get('bad_samples_max_fraction') or 0.01), seed)

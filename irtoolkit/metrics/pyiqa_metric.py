@@ -25,7 +25,7 @@ _LOCK = threading.Lock()
 
 
 def pyiqa_names():
-    """All metric names pyiqa knows (importing pyiqa costs ~3 s, so only when needed)."""
+    """All metric names pyiqa knows (importing pyiqa is slow, so only when needed)."""
     import pyiqa
     return pyiqa.list_models()
 
