@@ -96,10 +96,14 @@ def test_nonfinite_step_is_guarded_without_the_model_knowing():
     with pytest.raises(NonFiniteError, match=r'iteration 1: non-finite l_d.* before the d step; stopped'):
         m.optimize_parameters(1)
     m = _model(nonfinite={'policy': 'skip', 'max_skips': 3})
-    before = {n: _params(net) for n, net in [('g', m.net_g), ('ema', m.ema_networks['net_g']), ('d', m.net_d)]}
     m.update_learning_rate(1)
+    m.feed_data(_batch())
+    m.optimize_parameters(1)  # a good step first: the EMA copy now differs from the network
+    before = {n: _params(net) for n, net in [('g', m.net_g), ('ema', m.ema_networks['net_g']), ('d', m.net_d)]}
+    assert not all(torch.equal(x, y) for x, y in zip(before['g'], before['ema']))
+    m.update_learning_rate(2)
     m.feed_data(_batch(nan=True))
-    m.optimize_parameters(1)  # both steps skipped: no weight, no EMA moves
+    m.optimize_parameters(2)  # both steps skipped: no weight, no EMA moves
     after = {n: _params(net) for n, net in [('g', m.net_g), ('ema', m.ema_networks['net_g']), ('d', m.net_d)]}
     assert all(torch.equal(x, y) for n in before for x, y in zip(before[n], after[n]))
 
