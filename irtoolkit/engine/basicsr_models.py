@@ -58,7 +58,8 @@ class BasicSRModel:
         if self.run.rank == 0:
             path = osp.join(self.run.paths['training_states'], f'{current_iter}.state')
             state = safe_load(path)
-            state.update(batch_in_epoch=batch_in_epoch, rng=get_rng_state())
+            state.update(batch_in_epoch=batch_in_epoch, accumulate=self.run.accumulate,
+                         world_size=self.run.world_size, rng=get_rng_state())
             atomic_save(state, path)
 
     def resume_training(self, state):

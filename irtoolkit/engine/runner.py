@@ -220,7 +220,8 @@ class Trainer:
         self.train_opt = train_opt
         train_set = build_dataset(train_opt, 'datasets.train')
         self.train_loader, self.sampler = build_dataloader(train_set, train_opt, 'train', world, self.rank, seed,
-                                                           self.context.device.type == 'cuda', 'datasets.train')
+                                                           self.context.device.type == 'cuda', 'datasets.train',
+                                                           self.accumulate)
         per_epoch = max(len(self.train_loader) // self.accumulate, 1)
         batch = train_opt['batch_size_per_gpu']
         self.logger.info(f'train set {train_opt.get("name")}: {len(train_set)} samples, batch {batch} x {world} '
@@ -235,10 +236,16 @@ class Trainer:
         """Networks, optimisers, position in the epoch and RNG streams of the training state being resumed."""
         self.model.resume_training(self.state)
         self.epoch, self.current_iter = self.state['epoch'], self.state['iter']
-        self.start_batch = self.batch_idx = self.state.get('batch_in_epoch', 0)
+        # the position in the epoch counts iterations: another world size or accumulation (the same global batch,
+        # datasets.train.global_batch_size) reads the epoch's remaining global batches from where the run stopped
+        iterations = self.state.get('batch_in_epoch', 0) // self.state.get('accumulate', self.accumulate)
+        self.start_batch = self.batch_idx = iterations * self.accumulate
         set_rng_state(self.state['rng'])
         self.last_checkpoint = self.resume_path
-        self.logger.info(f'Resuming training from {self.resume_path}: epoch {self.epoch}, iter {self.current_iter}')
+        saved_world = self.state.get('world_size', self.context.world_size)
+        self.logger.info(f'Resuming training from {self.resume_path}: epoch {self.epoch}, iter {self.current_iter}'
+                         + (f' (saved by {saved_world} rank(s), resumed on {self.context.world_size})'
+                            if saved_world != self.context.world_size else ''))
         if self.start_batch >= len(self.train_loader):
             self.epoch, self.start_batch = self.epoch + 1, 0
 

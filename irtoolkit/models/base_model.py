@@ -507,6 +507,7 @@ class BaseModel(ImageValidation):
         if current_iter == 'latest':
             return
         state = {'epoch': epoch, 'iter': current_iter, 'batch_in_epoch': batch_in_epoch,
+                 'accumulate': self.run.accumulate, 'world_size': self.world_size,  # to resume on another world size
                  'optimizers': {k: o.state_dict() for k, o in self.optimizers.items()},
                  'schedulers': [s.state_dict() for s in self.schedulers], 'scaler': self.scaler.state_dict(),
                  'scheduler_opt': self.opt['train'].get('scheduler'),

@@ -131,3 +131,41 @@ def test_two_nodes_train_and_resume_exactly(tiny_data, in_tmp):
     _two_nodes(part, in_tmp, 29705, '--auto_resume')
     a, b = _params(in_tmp / 'experiments/nodes'), _params(in_tmp / 'experiments/nodes_part')
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _one_process(opt_path, cwd, *extra):
+    """irtk-train in a subprocess with one thread, as each torchrun rank runs: the same kernels on both sides."""
+    proc = subprocess.run([sys.executable, f'{REPO}/irtoolkit/train.py', '-opt', opt_path, *extra], cwd=cwd,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_on_another_world_size_is_exact(tiny_data, in_tmp):
+    """datasets.train.global_batch_size 4 with batch_size_per_gpu 2: 2 gloo ranks x batch 2, or 1 process x batch 2 x
+    2 accumulation steps, read the same micro-batches (ResumableSampler's global-batch layout) and average the same
+    gradients (g0 / 2 + g1 / 2 either way). Stopped mid-epoch (iteration 3 of 2-iteration epochs) on one world size
+    and resumed on the other, in both directions, the weights equal the uninterrupted run's to the bit."""
+    whole = write_options(_recipe(tiny_data, 'ws_whole', batch_size_per_gpu=2), in_tmp / 'ws_whole.yml')
+    out = _one_process(whole, in_tmp)
+    assert 'batch 2 x 1 rank(s) x 2 accumulation step(s) = 4 per iteration' in out
+    ddp = write_options(_recipe(tiny_data, 'ws_ddp', batch_size_per_gpu=2), in_tmp / 'ws_ddp.yml')
+    _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', ddp, '--launcher', 'pytorch'], in_tmp, 29711)
+    two_to_one = write_options(_recipe(tiny_data, 'ws_2to1', batch_size_per_gpu=2), in_tmp / 'ws_2to1.yml')
+    _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', two_to_one, '--launcher', 'pytorch', '--force_yml',
+               'train.total_iter=3'], in_tmp, 29713)
+    out = _one_process(two_to_one, in_tmp, '--auto_resume')
+    assert 'iter 3 (saved by 2 rank(s), resumed on 1)' in out
+    one_to_two = write_options(_recipe(tiny_data, 'ws_1to2', batch_size_per_gpu=2), in_tmp / 'ws_1to2.yml')
+    _one_process(one_to_two, in_tmp, '--force_yml', 'train.total_iter=3')
+    out = _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', one_to_two, '--launcher', 'pytorch', '--auto_resume'],
+                    in_tmp, 29715)
+    assert 'iter 3 (saved by 1 rank(s), resumed on 2)' in out
+    ref = _params(in_tmp / 'experiments/ws_whole')
+    moved = torch.load(in_tmp / 'experiments/ws_2to1/models/net_g_3.pth', weights_only=True)['params']
+    assert any(not torch.equal(ref[k], moved[k]) for k in ref)  # iterations 4-6 changed the weights
+    for name in ('ws_ddp', 'ws_2to1', 'ws_1to2'):
+        other = _params(in_tmp / f'experiments/{name}')
+        diff = max((ref[k] - other[k]).abs().max().item() for k in ref)
+        assert diff == 0, (name, diff)
