@@ -5,10 +5,17 @@
     irtk-weights --json
     python tools/weights.py [--missing] [--json]    # the same command
 
+    irtk-weights convert experiments/x/models/net_g_latest.pth net_g_latest.safetensors   # and back
+
 The folder is ``$IRTOOLKIT_WEIGHTS`` (default ``~/.cache/irtoolkit/weights``). Files keep their upstream names
 (torchvision checkpoints, pyiqa's IQA-PyTorch-Weights, ``hf/<repo>/<file>`` for Hugging Face hub files); the
 ``source`` column says where to fetch each on a machine with internet. Nothing here downloads anything.
 The rows come from :func:`irtoolkit.utils.weights.weights_report`; this module only prints them.
+
+``convert IN OUT`` rewrites a network file as ``.pth`` or ``.safetensors`` (OUT's suffix decides): ``params`` and
+``params_ema`` (or a bare state dict) with every tensor bit for bit
+(:func:`irtoolkit.utils.checkpoint.convert_network_file`; the safetensors layout is in
+:mod:`irtoolkit.utils.safetensors_file`). An existing OUT is kept unless ``--force``.
 """
 import argparse
 import json
@@ -22,11 +29,39 @@ NO_FILE_METRICS = ('psnr', 'psnry', 'ssim', 'ssimc', 'ms_ssim', 'cw_ssim', 'fsim
 PAPER_METRICS = ('psnr_rgb', 'psnr_y', 'ssim_rgb', 'ssim_y', 'calculate_psnr', 'calculate_ssim', 'calculate_niqe')
 
 
+def convert(src, dst, force=False):
+    """``irtk-weights convert``: exit status 0, or 2 with one line on stderr."""
+    from irtoolkit.utils.checkpoint import CheckpointError, convert_network_file
+    problem = None
+    if osp.abspath(src) == osp.abspath(dst):
+        problem = f'convert: IN and OUT are the same file ({src})'
+    elif osp.exists(dst) and not force:
+        problem = f'convert: {dst} exists (--force overwrites it)'
+    else:
+        try:
+            entries = convert_network_file(src, dst)
+        except CheckpointError as err:
+            problem = str(err)
+    if problem:
+        print(f'error: {problem}', file=sys.stderr)
+        return 2
+    print(f'{src} -> {dst}: {", ".join(entries) or "a bare state dict"}')
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--missing', action='store_true', help='only list missing files')
     p.add_argument('--json', action='store_true', help='machine-readable output')
+    sub = p.add_subparsers(dest='command', metavar='convert', help='convert IN OUT: a network file as .pth or '
+                           '.safetensors (see below)')
+    conv = sub.add_parser('convert', help='rewrite a network file as .pth or .safetensors (OUT\'s suffix decides)')
+    conv.add_argument('src', metavar='IN', help='network file (.pth or .safetensors)')
+    conv.add_argument('dst', metavar='OUT', help='file to write: .safetensors, else a torch file')
+    conv.add_argument('--force', action='store_true', help='overwrite OUT when it exists')
     args = p.parse_args(argv)
+    if args.command == 'convert':
+        return convert(args.src, args.dst, args.force)
     all_rows = weights_report()
     table = [r for r in all_rows if not r['present']] if args.missing else all_rows
     if args.json:

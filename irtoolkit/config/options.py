@@ -60,9 +60,17 @@ BASE_SCHEMA = {
         'accumulate': Option(int, doc='micro-batches per optimiser step (gradient accumulation; DDP no_sync)'),
     },
     'val': {'val_freq': int, 'save_img': bool, 'metrics': dict, 'pbar': bool, 'suffix': str,
-            'max_save_images': int, 'val_on_rank0_only': bool},
+            'max_save_images': int, 'val_on_rank0_only': bool,
+            'save_best': Option({
+                'metric': Option(str, doc='the val.metrics name to track (required)'),
+                'higher_is_better': Option(bool, doc="unset: the metric's own direction"),
+                'dataset': Option(str, doc='the validation set (its name or datasets key); unset: the first')},
+                doc='keep the best validation as models/<net>_best.* and best.json (survives resume)')},
     'logger': {'print_freq': Option(int, 100, doc='iterations between log lines'),
                'save_checkpoint_freq': Option(int, 5000, doc='iterations between checkpoints'),
+               'checkpoint_format': Option(str, 'pth', choices=('pth', 'safetensors'),
+                                           doc='network files: models/<net>_<iter>.pth (torch) or .safetensors; '
+                                           'training states stay torch files'),
                'use_tb_logger': Option(bool, True, doc='TensorBoard events in tb_logger/<name>'),
                'progress_bar': bool,
                'keep_last_checkpoints': int, 'wandb': Option({

@@ -31,6 +31,7 @@ from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_usable_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.errors import OptionError, UserError
 from irtoolkit.utils.registry import MODEL_REGISTRY, get_from_registry
+from irtoolkit.utils.schedule_free import evaluation_weights
 
 
 def parse_args(argv, is_train=True):
@@ -71,6 +72,9 @@ def build_run_model(opt, run, state=None):
     if run.accumulate > 1:
         raise OptionError(f'{run.where("train.accumulate")}{cls.__name__} steps its own optimisers; accumulation '
                           'needs an irtoolkit model')
+    if run.is_train and (opt['logger'].get('checkpoint_format', 'pth') != 'pth' or opt['val'].get('save_best')):
+        key = 'val.save_best' if opt['val'].get('save_best') else 'logger.checkpoint_format'
+        raise OptionError(f'{run.where(key)}{cls.__name__} saves its own .pth files; this needs an irtoolkit model')
     return BasicSRModel(cls, opt, run, state)
 
 
@@ -140,9 +144,9 @@ class StopFlag:
 
 def validate(model, val_loaders, current_iter, tb_logger, opt, logger, tracker=None):
     """Every validation set (metrics and a sample image to the tracker); the training RNG streams are left as they
-    were (exact resume)."""
+    were (exact resume). Schedule-free optimisers hold their eval weights meanwhile (and the train weights after)."""
     py, npst = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), evaluation_weights(getattr(model, 'optimizers', None)):
         results = {}
         for loader in val_loaders:
             name = loader.dataset.opt.get('name', 'val')

@@ -1,16 +1,17 @@
 """Build any registered network from options and load a checkpoint for inference.
 
-Checkpoints are read by :func:`irtoolkit.utils.checkpoint.read_state_dict` (``weights_only=True``; BasicSR-style
-``{'params', 'params_ema'}`` or a bare state dict; ``module.`` prefixes dropped), the same function models use for
+Checkpoints are read by :func:`irtoolkit.utils.checkpoint.read_state_dict` (a torch file with ``weights_only=True``
+or a ``.safetensors`` file; BasicSR-style ``{'params', 'params_ema'}``, irtoolkit's safetensors entries or a bare
+state dict such as a Hugging Face ``model.safetensors``; ``module.`` prefixes dropped), the same function models use for
 ``path.pretrain_network_*`` and resume, so an arch with ``load_checkpoint_state`` (ConStyle's upstream key map)
 loads here exactly as in training.
 """
 import os.path as osp
 
-from irtoolkit.utils.checkpoint import load_checkpoint
 from irtoolkit.config.recipe import load_recipe
-from irtoolkit.utils.registry import build_network, load_plugins
+from irtoolkit.utils.checkpoint import load_checkpoint
 from irtoolkit.utils.errors import OptionError
+from irtoolkit.utils.registry import build_network, load_plugins
 
 
 def network_options(path, key='network_g'):

@@ -1,24 +1,15 @@
-"""pyiqa metrics by name, offline: weights from the irtoolkit weights folder, NIQE from basicsr's parameters.
+"""pyiqa metrics by name, offline, as batched functions for evaluation and validation.
 
-``create_pyiqa_metric('lpips')`` builds pyiqa's metric inside :func:`irtoolkit.utils.weights.offline_weights`, so
-every file it would download is looked up in ``$IRTOOLKIT_WEIGHTS`` and a missing one raises
-``MissingWeightsError`` naming the file and the folder (pyiqa itself would try the network, or for some metrics
-continue with an ImageNet-less backbone). NIQE needs no file: pyiqa's ``niqe_modelparameters.mat`` holds the same
-pristine-image Gaussian (mu 1x36, cov 36x36) that basicsr ships as ``niqe_pris_params.npz``, so that is used
-unless the ``.mat`` is in the weights folder. LPIPS needs only its ImageNet trunk: the calibrated linear layers
-ship with the lpips package.
-
-Instances are cached per (name, options, device): validation builds its MetricSet every ``val_freq`` iterations.
+Metrics are built by :func:`irtoolkit.utils.pyiqa_offline.build_pyiqa_metric` (weights from the irtoolkit weights
+folder, a missing file is a ``MissingWeightsError`` naming it; NIQE from basicsr's parameters; LPIPS's linear layers
+from the lpips package). Instances are cached per (name, options, device): validation builds its MetricSet every
+``val_freq`` iterations.
 """
-import contextlib
-import io
-import os.path as osp
 import threading
 
-import numpy as np
 import torch
 
-from irtoolkit.utils.weights import find_weight, offline_weights
+from irtoolkit.utils.pyiqa_offline import build_pyiqa_metric
 
 _CACHE = {}
 _LOCK = threading.Lock()
@@ -30,66 +21,17 @@ def pyiqa_names():
     return pyiqa.list_models()
 
 
-def _niqe_params_file():
-    """A file object with pyiqa's NIQE .mat layout built from basicsr's shipped ``niqe_pris_params.npz``."""
-    import scipy.io
-    import basicsr.metrics
-    npz = np.load(osp.join(osp.dirname(basicsr.metrics.__file__), 'niqe_pris_params.npz'))
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, {'mu_prisparam': npz['mu_pris_param'], 'cov_prisparam': npz['cov_pris_param']})
-    buf.seek(0)
-    return buf
-
-
-# pyiqa LPIPS variant -> (its weights file, trunk of the lpips package's calibrated linear layers)
-_LPIPS_FILES = {'lpips': ('LPIPS_v0.1_alex-df73285e.pth', 'alex'),
-                'lpips+': ('LPIPS_v0.1_alex-df73285e.pth', 'alex'),
-                'lpips-vgg': ('LPIPS_v0.1_vgg-a78928a0.pth', 'vgg'),
-                'lpips-vgg+': ('LPIPS_v0.1_vgg-a78928a0.pth', 'vgg')}
-
-
-def _lpips_lin_layers(name):
-    """pyiqa's LPIPS file if present, else the v0.1 linear layers the lpips package ships (same calibration).
-
-    pyiqa loads this file with ``strict=False`` into the whole LPIPS module; the trunk (AlexNet / VGG16) still
-    comes from the weights folder through the torchvision hook.
-    """
-    filename, net = _LPIPS_FILES[name]
-    try:
-        return find_weight(filename, f'pyiqa metric {name}')
-    except FileNotFoundError:
-        import lpips
-        return osp.join(osp.dirname(lpips.__file__), 'weights', 'v0.1', f'{net}.pth')
-
-
 def create_pyiqa_metric(name, device='cpu', **kwargs):
     """``pyiqa.create_metric(name, device=device, **kwargs)`` with offline weights (cached).
 
     Raises ``KeyError`` for an unknown name and ``MissingWeightsError`` for a missing weight file.
     """
-    import pyiqa
-    from pyiqa.default_model_configs import DEFAULT_CONFIGS
-    if name not in DEFAULT_CONFIGS:
-        raise KeyError(f'unknown pyiqa metric {name!r}')
     device = torch.device(device)
     key = (name, repr(sorted(kwargs.items())), str(device))
     with _LOCK:
         metric = _CACHE.get(key)
-        if metric is not None:
-            return metric
-        opts = dict(kwargs)
-        if name == 'niqe' and 'pretrained_model_path' not in opts:
-            try:
-                opts['pretrained_model_path'] = find_weight('niqe_modelparameters.mat', 'pyiqa metric niqe')
-            except FileNotFoundError:
-                opts['pretrained_model_path'] = _niqe_params_file()  # scipy.io.loadmat reads file objects
-        elif name in _LPIPS_FILES and 'pretrained_model_path' not in opts:
-            opts['pretrained_model_path'] = _lpips_lin_layers(name)
-        # pyiqa prints "Loading pretrained model ..." on stdout, which would end up in tools' tables
-        with offline_weights(f'pyiqa metric {name}'), contextlib.redirect_stdout(io.StringIO()):
-            metric = pyiqa.create_metric(name, device=device, **opts)
-        metric.eval()
-        _CACHE[key] = metric
+        if metric is None:
+            metric = _CACHE[key] = build_pyiqa_metric(name, device, **kwargs)
         return metric
 
 

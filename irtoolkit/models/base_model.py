@@ -32,12 +32,14 @@ Building a model runs, in order (a subclass overrides the steps it needs)::
 
 Networks: :meth:`build_net` (from options, trainable or frozen, saved or not, ``path.pretrain_network_*`` loaded) and
 :meth:`add_net` (modules built in code) wrap trainable networks for DDP with one rule
-(:func:`irtoolkit.utils.dist.wrap_ddp`); saved ones land in ``models/<name>_<iter>.pth`` with ``params`` and, with
-EMA, ``params_ema``. Keys, types, defaults and allowed values of a model's options live in the ``OPTION_SCHEMA`` of
-its class and of the classes above it (:func:`irtoolkit.config.options.class_schema`); a method's keys sit under one
-section named after it. The run (rank, device, output folders, the options file) is ``self.run``
-(:class:`~irtoolkit.config.run.RunContext`). Validation on image pairs comes from
-:class:`~irtoolkit.training.image_validation.ImageValidation`.
+(:func:`irtoolkit.utils.dist.wrap_ddp`); saved ones land in ``models/<name>_<iter>.pth`` (or ``.safetensors``,
+``logger.checkpoint_format``) with ``params``, with EMA ``params_ema``, and the options that built them
+(``network``, what ``irtk-infer --weights`` builds without options); ``val.save_best`` adds
+``models/<name>_best.*`` (:mod:`irtoolkit.training.best_checkpoint`). Keys, types, defaults and allowed values of a
+model's options live in the ``OPTION_SCHEMA`` of its class and of the classes above it
+(:func:`irtoolkit.config.options.class_schema`); a method's keys sit under one section named after it. The run
+(rank, device, output folders, the options file) is ``self.run`` (:class:`~irtoolkit.config.run.RunContext`).
+Validation on image pairs comes from :class:`~irtoolkit.training.image_validation.ImageValidation`.
 """
 import contextlib
 import logging
@@ -50,14 +52,17 @@ import torch
 from irtoolkit.config.options import BASE_SCHEMA, SECTIONS, class_schema, renamed_problems
 from irtoolkit.config.run import RunContext
 from irtoolkit.config.schema import NUM, Option, fill_defaults, merge_schema
+from irtoolkit.training.best_checkpoint import BestCheckpoint
 from irtoolkit.training.image_validation import ImageValidation
 from irtoolkit.training.nonfinite import NONFINITE_SCHEMA, NonFiniteError, NonFiniteGuard
-from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, load_checkpoint, load_state_into, read_state_dict
+from irtoolkit.utils.checkpoint import (atomic_save, find_network_file, get_rng_state, load_checkpoint, load_state_into,
+                                        plain_options, read_state_dict, write_network_file)
 from irtoolkit.utils.dist import bare, reduce_mean, wrap_ddp
 from irtoolkit.utils.errors import OptionError
 from irtoolkit.utils.memory import keep_freed_memory
 from irtoolkit.utils.optim import build_optimizer, build_scheduler
 from irtoolkit.utils.registry import build_loss, build_network
+from irtoolkit.utils.schedule_free import evaluation_weights, restore_train_weights, train_weights
 
 __all__ = ['BaseModel', 'bare']
 logger = logging.getLogger('irtoolkit')
@@ -73,7 +78,11 @@ TRAINING_SCHEMA = {
     'scheduler': Option(dict, doc='learning-rate scheduler ({type: ..., ...}) applied to every optimiser'),
     'use_grad_clip': Option(bool, doc="NAFNet's switch: clip gradients at max-norm 0.01"),
     'grad_clip': Option((NUM, dict), doc='max-norm, or clip_grad_norm_ arguments, before every step'),
-    're:^optim_\\w+$': Option(dict, doc='an optimiser ({type: Adam|AdamW|..., lr, ...}) named by the model'),
+    're:^optim_\\w+$': Option(dict, doc='an optimiser ({type: <name>, lr, ...}) named by the model; <name> from, in '
+                              'this order, torch.optim (Adam, AdamW, ...), schedulefree (AdamWScheduleFree, '
+                              'SGDScheduleFree, RAdamScheduleFree: validated and saved at their averaged weights, no '
+                              'scheduler needed), prodigyopt (Prodigy: lr 1.0) or pytorch_optimizer (Adan, ADOPT, '
+                              'SOAP, Lion, ...); <source>.<name> picks a source; docs/optimizers.md'),
     're:^\\w+_opt$': Option(dict, doc='a loss ({type: <registered loss>, ...}) named by the model'),
     'amp': Option({'enabled': bool, 'dtype': _amp_dtype}, doc='mixed precision: {enabled, dtype: bf16|fp16}'),
     'nonfinite': Option(NONFINITE_SCHEMA, doc='the non-finite guard before every optimiser step'),
@@ -119,8 +128,10 @@ class BaseModel(ImageValidation):
         self.losses = OrderedDict()
         self.log_dict = OrderedDict()
         self.best_metric_results = {}  # dataset -> metric -> (best value, iter)
+        self.best_checkpoint = BestCheckpoint.from_options(self.opt, self.run) if self.is_train else None
         self.batch = {}
         self._unsaved = set()
+        self.net_options = {}  # network name -> the options build_net built it from (saved with it)
         self.guard = NonFiniteGuard(self.opt['train'].get('nonfinite'))
         self.micro = (0, 1)  # (micro-batch, micro-batches per iteration): see micro_batch
         self._iteration = self._new_iteration()
@@ -222,10 +233,14 @@ class BaseModel(ImageValidation):
         if checkpoint:
             self.load_network(net, checkpoint['path'], checkpoint.get('strict', True),
                               checkpoint.get('param_key', 'params'), checkpoint.get('key', key))
-        return self.add_net(name or f'net_{suffix}', net, trainable, save)
+        name = name or f'net_{suffix}'
+        net = self.add_net(name, net, trainable, save)
+        self.net_options[name] = {**net_opt, **(args or {})}  # what built it: the checkpoints carry it
+        return net
 
     def add_net(self, name, net, trainable=True, save=True):
         """Register a module as network ``name``: on the device, frozen (eval, no grad) or wrapped for DDP."""
+        self.net_options.pop(name, None)  # built in code: no options say what it is
         net = net.to(self.device)
         if not trainable:
             net.requires_grad_(False).eval()
@@ -481,10 +496,17 @@ class BaseModel(ImageValidation):
 
     # ------------------------------------------------------------------ checkpoints
     def save_network_file(self, name, current_iter):
+        """``models/<name>_<iter>.pth`` (or ``.safetensors``): ``params``, ``params_ema`` with EMA, and ``network``,
+        the options :meth:`build_net` built it from (plain types only; none for networks built in code), so the file
+        alone says what to build (:mod:`irtoolkit.inference.recognise`)."""
         state = {'params': {k: v.detach().cpu() for k, v in bare(self.networks[name]).state_dict().items()}}
         if name in self.ema_networks:
             state['params_ema'] = {k: v.detach().cpu() for k, v in self.ema_networks[name].state_dict().items()}
-        atomic_save(state, osp.join(self.run.paths['models'], f'{name}_{current_iter}.pth'))
+        network = plain_options(self.net_options.get(name))
+        if network:
+            state['network'] = network
+        write_network_file(state, self.run.paths['models'], f'{name}_{current_iter}',
+                           self.opt['logger'].get('checkpoint_format') or 'pth')
 
     def extra_state(self):
         """Anything a subclass must carry across resume besides networks/optimisers (plain types/tensors)."""
@@ -494,33 +516,38 @@ class BaseModel(ImageValidation):
         pass
 
     def save(self, current_iter, epoch=0, batch_in_epoch=0):
-        """Networks first, then the training state; each file atomically. ``current_iter`` may be 'latest'.
-        Never non-finite weights: a network with a NaN or an infinity stops the run instead."""
+        """Networks first, then the training state; each file atomically. ``current_iter`` may be 'latest' or
+        'best' (networks only, ``val.save_best``). Never non-finite weights: a network with a NaN or an infinity
+        stops the run instead. Schedule-free optimisers: the network files hold their eval weights x, the training
+        state their train weights y (:mod:`irtoolkit.utils.schedule_free`)."""
         if self.rank != 0:
             return
         for name, net in list(self.networks.items()) + [(f'{k} (EMA)', v) for k, v in self.ema_networks.items()]:
             if not all(torch.isfinite(p).all() for p in bare(net).parameters()):
                 raise NonFiniteError(f'iteration {current_iter}: {name} has non-finite weights; not saved')
-        for name in self.networks:
-            if name not in self._unsaved:
-                self.save_network_file(name, current_iter)
-        if current_iter == 'latest':
+        with evaluation_weights(self.optimizers):  # schedule-free: the files hold the averaged weights x
+            for name in self.networks:
+                if name not in self._unsaved:
+                    self.save_network_file(name, current_iter)
+        if current_iter in ('latest', 'best'):
             return
         state = {'epoch': epoch, 'iter': current_iter, 'batch_in_epoch': batch_in_epoch,
                  'accumulate': self.run.accumulate, 'world_size': self.world_size,  # to resume on another world size
                  'optimizers': {k: o.state_dict() for k, o in self.optimizers.items()},
+                 'train_weights': train_weights(self.optimizers),  # schedule-free: y, to resume exactly
                  'schedulers': [s.state_dict() for s in self.schedulers], 'scaler': self.scaler.state_dict(),
                  'scheduler_opt': self.opt['train'].get('scheduler'),
                  'rng': get_rng_state(), 'extra': self.extra_state()}
         atomic_save(state, osp.join(self.run.paths['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, state):
-        """Load networks of ``state['iter']`` and the optimiser/scheduler/scaler states."""
+        """Load networks of ``state['iter']`` (``.pth`` or ``.safetensors``, whatever ``logger.checkpoint_format``
+        says now), the optimiser/scheduler/scaler states and the best validation so far (``val.save_best``)."""
         it = state['iter']
         for name, net in self.networks.items():
             if name in self._unsaved:
                 continue
-            path = osp.join(self.run.paths['models'], f'{name}_{it}.pth')
+            path = find_network_file(self.run.paths['models'], f'{name}_{it}')
             self.load_network(net, path, True, 'params')
             if name in self.ema_networks:
                 self.load_network(self.ema_networks[name], path, True, 'params_ema')
@@ -528,12 +555,15 @@ class BaseModel(ImageValidation):
             if k not in state['optimizers']:
                 raise KeyError(f'resume state has no optimizer {k!r} (has {list(state["optimizers"])})')
             o.load_state_dict(state['optimizers'][k])
+        restore_train_weights(self.optimizers, state.get('train_weights'))  # schedule-free: y over the files' x
         if len(state['schedulers']) != len(self.schedulers):
             raise ValueError(f'resume state has {len(state["schedulers"])} schedulers, '
                              f'the model has {len(self.schedulers)}')
         self.load_schedulers(state['schedulers'], state.get('scheduler_opt', self.opt['train'].get('scheduler')))
         self.scaler.load_state_dict(state.get('scaler', {}))
         self.load_extra_state(state.get('extra', {}))
+        if self.best_checkpoint is not None:
+            self.best_checkpoint.restore(logger)
 
     def load_schedulers(self, states, saved_opt):
         """The schedulers' states; when ``train.scheduler`` changed since the checkpoint (e.g. longer periods for a

@@ -2,8 +2,9 @@
 
 ``test`` runs the inference network (the EMA copy when there is one) in eval mode on the fed batch's ``lq``;
 ``validation`` scores every image with the options' metrics on the un-padded output, keeps the best value of each
-metric and logs it (rank 0 only). A model whose validation is not about restored images (e.g. a prior trained
-alone) overrides ``validation`` and still uses :meth:`log_validation`.
+metric and logs it (rank 0 only); with ``val.save_best`` an improvement of the tracked metric saves the networks as
+``*_best`` (:meth:`ImageValidation.track_best`). A model whose validation is not about restored images (e.g. a
+prior trained alone) overrides ``validation`` and still uses :meth:`log_validation`.
 """
 import os
 import os.path as osp
@@ -93,8 +94,27 @@ class ImageValidation:
             lines.append(f'\t # {m}: {v:.4f}\tBest: {best[m][0]:.4f} @ {best[m][1]} iter')
             if tb_logger is not None:
                 tb_logger.add_scalar(f'metrics/{dataset_name}/{m}', v, current_iter)
+        saved = self.track_best(dataset_name, results, metrics, current_iter)
+        if saved:
+            lines.append(saved)
         if logger is not None:
             logger.info('\n'.join(lines))
+
+    def track_best(self, dataset_name, results, metrics, current_iter):
+        """``val.save_best`` (:class:`~irtoolkit.training.best_checkpoint.BestCheckpoint`, the model's
+        ``best_checkpoint``): when ``results`` of the tracked set beat the best so far, every saved network as
+        ``models/<net>_best.*`` (``save('best')``), then ``best.json``; rank 0 writes, training only. Returns the
+        log line, or None."""
+        tracker = getattr(self, 'best_checkpoint', None)
+        if tracker is None or not self.is_train:
+            return None
+        if not tracker.offer(dataset_name, results, lambda m: metrics is not None and metrics.lower_is_better(m),
+                             current_iter):
+            return None
+        self.save('best')
+        if self.rank == 0:
+            tracker.write()
+        return f'\t new best {tracker.metric} {tracker.value:.4f} @ {current_iter} iter: saved *_best, best.json'
 
 
 def gather_rows(rows):

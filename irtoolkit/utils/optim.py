@@ -1,13 +1,19 @@
-"""Optimisers and learning-rate schedulers by name (schedulers: irtoolkit's own registry, then basicsr's, then
-torch's)."""
+"""Learning-rate schedulers by name (irtoolkit's own registry, then basicsr's, then torch's); optimisers by name are
+:mod:`irtoolkit.utils.optimizers` (re-exported here)."""
 import bisect
+import logging
 import math
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from irtoolkit.utils.registry import check_kwargs
 from irtoolkit.utils.errors import OptionError
+from irtoolkit.utils.optimizers import build_optimizer
+from irtoolkit.utils.registry import check_kwargs
+from irtoolkit.utils.schedule_free import is_schedule_free
+
+__all__ = ['SCHEDULERS', 'register_scheduler', 'build_scheduler', 'build_optimizer']
+logger = logging.getLogger('irtoolkit')
 
 SCHEDULERS = {}
 
@@ -74,18 +80,7 @@ def build_scheduler(optimizer, opt, key='train.scheduler'):
                        | {n for n in dir(torch.optim.lr_scheduler) if n.endswith('LR')})
         raise OptionError(f'{key}.type: unknown scheduler {name!r}; known: {", ".join(known)}')
     check_kwargs(cls.__init__, {'optimizer': optimizer, **opt}, key, name)
+    if is_schedule_free(optimizer):  # the package: "no need to use a learning rate scheduler", but compatible
+        logger.warning(f'{key}: {type(optimizer).__name__} is schedule-free and needs no schedule (warm-up: its '
+                       f'warmup_steps argument); {name} still applies')
     return cls(optimizer, **opt)
-
-
-def build_optimizer(params, opt, key='train.optim_g'):
-    opt = dict(opt)
-    name = opt.pop('type', None)
-    cls = getattr(torch.optim, name or '', None)
-    if cls is None or not isinstance(cls, type) or not issubclass(cls, torch.optim.Optimizer):
-        known = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
-                 and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != 'Optimizer']
-        raise OptionError(f'{key}.type: unknown optimizer {name!r}; known: {", ".join(sorted(known))}')
-    if 'betas' in opt and isinstance(opt['betas'], list):
-        opt['betas'] = tuple(opt['betas'])
-    check_kwargs(cls.__init__, {'params': params, **opt}, key, name)
-    return cls(params, **opt)
