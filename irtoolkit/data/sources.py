@@ -1,8 +1,9 @@
 """Image sources for the datasets: a folder of images or an LMDB, addressed by key (the file stem).
 
-Both give ``keys`` (sorted) and ``read(key)`` -> RGB float32 ``(H, W, 3)`` in [0, 1]. Pairing is by key, never
-by sorted position: :func:`pair_keys` matches GT and LQ names (through an optional ``filename_tmpl``) and lists
-every unmatched name when the sets differ.
+Both give ``keys`` (sorted) and ``read(key)`` -> RGB float32 ``(H, W, 3)`` in [0, 1]. Pairing is by key:
+:func:`pair_keys` matches GT and LQ names (through an optional ``filename_tmpl``) and lists every unmatched name
+when the sets differ. :func:`pair_sorted` pairs by sorted position instead, only when a recipe asks for it
+(``pairing: sorted``, the way upstream IRConStyle's derain and dehaze datasets read two folders).
 """
 import os
 import os.path as osp
@@ -12,10 +13,10 @@ import cv2
 import numpy as np
 
 from irtoolkit.data.lmdb_util import LmdbImageReader
-from irtoolkit.utils.errors import UserError
+from irtoolkit.utils.errors import OptionError, UserError
 
-__all__ = ['IMG_EXTENSIONS', 'PairingError', 'FolderSource', 'LmdbSource', 'open_source', 'pair_keys', 'to_rgb_float',
-           'scan_images']
+__all__ = ['IMG_EXTENSIONS', 'PairingError', 'FolderSource', 'LmdbSource', 'open_source', 'multiple_option',
+           'pair_keys', 'pair_sorted', 'sorted_names', 'to_rgb_float', 'scan_images']
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
 
@@ -107,6 +108,17 @@ def require_options(opt, keys, dataset):
             raise ValueError(f'{dataset}: option {k} is missing')
 
 
+def multiple_option(opt, key, name):
+    """``opt[key]`` (``pad_multiple``, ``crop_multiple``): None (unset or 1) or an int > 1; anything else is an error
+    naming the dataset and the key."""
+    value = opt.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(f'{name}: {key} must be a positive integer, got {value!r}')
+    return value if value > 1 else None
+
+
 def open_source(root, io_backend=None, dataset='dataset'):
     """:class:`FolderSource` or :class:`LmdbSource` from a dataroot and an ``io_backend`` option."""
     kind = (io_backend or {}).get('type', 'disk')
@@ -158,3 +170,19 @@ def pair_keys(gt_keys, lq_keys, filename_tmpl='{}', where='dataset', gt_name_sub
             msg.append(f'{len(no_gt)} LQ without GT: {_name_list(no_gt)}')
         raise PairingError('; '.join(msg))
     return pairs
+
+
+def sorted_names(source):
+    """``source``'s keys in the order of their file names (a folder) or keys (an LMDB), as Python sorts strings:
+    the order upstream's ``sorted(scandir(folder))`` gives (``a-1.png`` before ``a.png``, unlike their stems)."""
+    return sorted(source.keys, key=lambda k: osp.basename(source.path_of(k)))
+
+
+def pair_sorted(gt_keys, lq_keys, where='dataset', gt_root='GT', lq_root='LQ'):
+    """``[(gt_key, lq_key), ...]``: the i-th GT with the i-th LQ of two lists already in sorted order, names not
+    compared (upstream IRConStyle's ``paired_paths_from_folder_dehaze``). Two lists of different lengths are a
+    :class:`PairingError` (one line: both counts and folders)."""
+    if len(gt_keys) != len(lq_keys):
+        raise PairingError(f'{where}: pairing: sorted needs as many LQ as GT images; {len(lq_keys)} LQ in {lq_root}, '
+                           f'{len(gt_keys)} GT in {gt_root}')
+    return list(zip(gt_keys, lq_keys))

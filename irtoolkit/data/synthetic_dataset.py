@@ -2,7 +2,10 @@
 
 Options: ``dataroot_gt`` (clean images, folder or LMDB), ``io_backend``, ``gt_size`` (train crop), ``use_hflip``,
 ``use_rot``, ``degradations`` (a list for :func:`irtoolkit.data.degradations.build_degradation`, e.g.
-``[{type: gaussian_noise, sigma: [0, 50]}]``) and ``seed`` (validation).
+``[{type: gaussian_noise, sigma: [0, 50]}]``), ``seed`` (validation) and ``pad_multiple`` (reflect-pad LQ and GT
+at the bottom and right to multiples of N after the degradation, as upstream IRConStyle's denoising datasets do;
+see :mod:`irtoolkit.data.paired_dataset`) or ``crop_multiple`` (outside training, cut both at the bottom and right
+to multiples of N after the degradation, as ConStyle v2's test datasets do).
 
 Training draws a fresh degradation for every crop from numpy's global generator (seeded per DataLoader worker),
 so each epoch sees new noise. Validation degrades the whole image with a generator seeded by ``(seed, index)``:
@@ -13,8 +16,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from irtoolkit.data.degradations import build_degradation
-from irtoolkit.data.sources import open_source
-from irtoolkit.data.transforms import augment, random_crop, to_tensor
+from irtoolkit.data.sources import multiple_option, open_source
+from irtoolkit.data.transforms import augment, crop_to_multiple, random_crop, reflect_pad_to_multiple, to_tensor
 from irtoolkit.utils.registry import DATASET_REGISTRY
 
 
@@ -33,6 +36,8 @@ class SyntheticDegradationDataset(Dataset):
         if self.train and not opt.get('gt_size'):
             raise ValueError(f'{self.name}: training needs gt_size (the crop size)')
         self.seed = int(opt.get('seed', 0))
+        self.pad_multiple = multiple_option(opt, 'pad_multiple', self.name)
+        self.crop_multiple = multiple_option(opt, 'crop_multiple', self.name)
 
     def __len__(self):
         return len(self.gt)
@@ -48,5 +53,9 @@ class SyntheticDegradationDataset(Dataset):
             rng = np.random.default_rng([self.seed, index])
         gt = np.ascontiguousarray(gt)
         lq = self.degrade(gt, rng)
+        if self.crop_multiple and not self.train:
+            gt, lq = crop_to_multiple(gt, self.crop_multiple), crop_to_multiple(lq, self.crop_multiple)
+        if self.pad_multiple:
+            gt, lq = reflect_pad_to_multiple(gt, self.pad_multiple), reflect_pad_to_multiple(lq, self.pad_multiple)
         path = self.gt.path_of(key)
         return {'lq': to_tensor(lq), 'gt': to_tensor(gt), 'lq_path': path, 'gt_path': path}

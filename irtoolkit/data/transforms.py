@@ -6,7 +6,8 @@ Randomness comes from numpy's global generator, which the loader seeds per worke
 import numpy as np
 import torch
 
-__all__ = ['random_crop', 'paired_random_crop', 'augment', 'to_tensor']
+__all__ = ['random_crop', 'paired_random_crop', 'augment', 'reflect_pad_to_multiple', 'crop_to_multiple',
+           'to_tensor']
 
 
 def random_crop(img, size, where):
@@ -48,6 +49,23 @@ def augment(imgs, hflip=True, rot=True):
             img = img.transpose(1, 0, 2)
         out.append(img)
     return out
+
+
+def reflect_pad_to_multiple(img, multiple):
+    """``img`` (H, W, C) reflect-padded at the bottom and right so H and W are multiples of ``multiple`` (the edge row
+    is not repeated, as ``torch.nn.functional.pad(mode='reflect')``; upstream IRConStyle's datasets pad so)."""
+    h, w = img.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return img
+    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode='reflect')
+
+
+def crop_to_multiple(img, multiple):
+    """``img`` (H, W, C) cut at the bottom and right to the largest multiples of ``multiple`` (ConStyle v2's test
+    datasets, ``mod``)."""
+    h, w = img.shape[:2]
+    return img[:h - h % multiple, :w - w % multiple]
 
 
 def to_tensor(img):
