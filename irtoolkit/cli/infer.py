@@ -5,11 +5,20 @@
         --input datasets/demo/haze/val/lq --output results/infer/NAFNet --tile 512 \\
         --compare --gt datasets/demo/haze/val/gt
 
+    irtk-infer --weights experiments/demo_NAFNet_haze/models/net_g_latest.pth --input lq/ --output out/
+    irtk-infer --weights Restormer_motion_deblurring.pth --input blurry/ --output out/
+
 (``python tools/infer.py ...`` is the same command.)
 
-The network comes from the ``network_g`` block of an options file (``-opt``; its ``plugins:`` are imported) or
-from ``--net '{type: NAFNet, width: 32, ...}'``. The checkpoint may be irtoolkit's / BasicSR's / upstream
-IRConStyle's (``params_ema`` is used when present, see ``--param-key``) or a bare state dict.
+The network comes from the ``network_g`` block of an options file (``-opt``; its ``plugins:`` are imported), from
+``--net '{type: NAFNet, width: 32, ...}'``, or, with neither, from the checkpoint's contents
+(:mod:`irtoolkit.inference.recognise`): irtoolkit's own network files carry the options that built the network;
+other projects' state dicts are recognised by their key names and shapes (Restormer by irtoolkit, NAFNet, KBNet,
+Uformer, SwinIR, Real-ESRGAN's RRDBNet and SRVGGNetCompact and the other archs spandrel knows); the detected arch and
+arguments are printed, and a checkpoint that is not recognised ends with one line saying what to pass (exit status
+2). The checkpoint (``--weights``, or its old name ``--ckpt``) may be irtoolkit's / BasicSR's / upstream
+IRConStyle's (``params_ema`` is used when present, see ``--param-key``) or a bare state dict, read with
+``weights_only=True`` (or a .safetensors file).
 ``--tile`` splits images larger than the tile into overlapping tiles blended without seams
 (:mod:`irtoolkit.inference.tiling`); ``--compare`` also writes input | output | ground-truth strips.
 """
@@ -48,12 +57,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--input', required=True, help='an image or a folder of images')
     p.add_argument('--output', required=True, help='folder for the restored images (same file names, .png)')
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument('-opt', '--opt', help='options YAML with a network_g block')
     src.add_argument('--net', help="network options as YAML, e.g. '{type: NAFNet, width: 16}'")
-    p.add_argument('--ckpt', help='checkpoint (.pth); without it the network keeps its initialisation (warned)')
+    p.add_argument('--weights', '--ckpt', dest='ckpt',
+                   help='checkpoint (.pth or .safetensors); without -opt/--net its network is recognised from its '
+                        'contents; without a checkpoint the network keeps its initialisation (warned)')
     p.add_argument('--param-key', default='auto', help='auto (params_ema, else params), params, params_ema')
-    p.add_argument('--no-strict', action='store_true', help='allow missing/unexpected checkpoint keys')
+    p.add_argument('--no-strict', action='store_true',
+                   help='allow missing/unexpected checkpoint keys (-opt/--net; a recognised network loads strictly)')
     p.add_argument('--tile', type=lambda v: v if v == 'auto' else int(v), default=512,
                    help="tile size; 0 = whole image at once; auto = from the device's free memory (CUDA); on an "
                         'out-of-memory error the tile is halved and the image run again')
@@ -73,13 +85,24 @@ def main(argv=None):
     from irtoolkit.inference.tiling import tiled_forward_fit
     from irtoolkit.utils.dist import pick_device
     from irtoolkit.config.options import yaml_load
+    from irtoolkit.inference.recognise import recognise_file
+    from irtoolkit.utils.errors import UserError
 
     device = pick_device(args.device)
     try:
-        net_opt = network_options(args.opt) if args.opt else yaml_load(args.net)
-        if not isinstance(net_opt, dict):
-            raise ValueError(f'--net: expected a mapping like {{type: NAFNet, ...}}, got {args.net!r}')
-        net, used_key = load_network(net_opt, args.ckpt, args.param_key, not args.no_strict, device)
+        if args.opt or args.net:
+            net_opt = network_options(args.opt) if args.opt else yaml_load(args.net)
+            if not isinstance(net_opt, dict):
+                raise ValueError(f'--net: expected a mapping like {{type: NAFNet, ...}}, got {args.net!r}')
+            net, used_key = load_network(net_opt, args.ckpt, args.param_key, not args.no_strict, device)
+            arch = net_opt['type']
+        elif args.ckpt:
+            found = recognise_file(args.ckpt, args.param_key)
+            print(found.line())
+            net, used_key, arch = found.network.to(device).eval(), found.used, found.arch
+        else:
+            raise UserError("no network: pass --weights X.pth (its network recognised from its contents), -opt "
+                            "recipe.yml or --net '{type: ..., ...}'")
         if osp.isdir(args.input):
             inputs = images_by_stem(args.input)
         elif osp.isfile(args.input):
@@ -89,12 +112,15 @@ def main(argv=None):
         gts = {}
         if args.gt:
             gts = images_by_stem(args.gt) if osp.isdir(args.gt) else {osp.splitext(osp.basename(args.gt))[0]: args.gt}
+    except UserError as err:  # unreadable or unrecognised checkpoint, missing network: one line, exit status 2
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         sys.exit(f'error: {err}')
     if not args.ckpt:
-        print('warning: no --ckpt: the network is randomly initialised', file=sys.stderr)
+        print('warning: no --weights: the network is randomly initialised', file=sys.stderr)
     align = args.tile_align or int(getattr(net, 'padder_size', 1) or 1)
-    print(f'{net_opt["type"]} on {device}; checkpoint {args.ckpt or "-"} [{used_key or "state dict"}]; '
+    print(f'{arch} on {device}; checkpoint {args.ckpt or "-"} [{used_key or "state dict"}]; '
           f'tile {args.tile or "off"} overlap {args.tile_overlap} align {align}; {len(inputs)} image(s)')
     os.makedirs(args.output, exist_ok=True)
     missing_gt = []
@@ -105,7 +131,7 @@ def main(argv=None):
                                 batch_size=args.tile_batch, progress=not args.no_progress)[0].clamp(0, 1)
         write_image(osp.join(args.output, f'{stem}.png'), out)
         if args.compare:
-            panels, labels = [img[0], out], ['input', net_opt['type']]
+            panels, labels = [img[0], out], ['input', arch]
             if stem in gts:
                 panels.append(read_image(gts[stem]))
                 labels.append('ground truth')

@@ -6,6 +6,7 @@
     python tools/weights.py [--missing] [--json]    # the same command
 
     irtk-weights convert experiments/x/models/net_g_latest.pth net_g_latest.safetensors   # and back
+    irtk-weights inspect net_g_latest.pth   # entries, tensors, and the network recognised from the contents
 
 The folder is ``$IRTOOLKIT_WEIGHTS`` (default ``~/.cache/irtoolkit/weights``). Files keep their upstream names
 (torchvision checkpoints, pyiqa's IQA-PyTorch-Weights, ``hf/<repo>/<file>`` for Hugging Face hub files); the
@@ -15,7 +16,12 @@ The rows come from :func:`irtoolkit.utils.weights.weights_report`; this module o
 ``convert IN OUT`` rewrites a network file as ``.pth`` or ``.safetensors`` (OUT's suffix decides): ``params`` and
 ``params_ema`` (or a bare state dict) with every tensor bit for bit
 (:func:`irtoolkit.utils.checkpoint.convert_network_file`; the safetensors layout is in
-:mod:`irtoolkit.utils.safetensors_file`). An existing OUT is kept unless ``--force``.
+:mod:`irtoolkit.utils.safetensors_file`). An existing OUT is kept unless ``--force``; the network options irtoolkit's
+files carry (``network``) travel with them.
+
+``inspect FILE`` reads a network file (``weights_only=True``, or safetensors) and prints its entries, the state dict
+it holds (tensors, values, dtypes) and the network recognised from its contents, as ``irtk-infer --weights`` builds
+it (:mod:`irtoolkit.inference.recognise`); a network that is not recognised is one line and exit status 2.
 """
 import argparse
 import json
@@ -49,19 +55,51 @@ def convert(src, dst, force=False):
     return 0
 
 
+def inspect_file(path, param_key='auto'):
+    """``irtk-weights inspect``: exit status 0, or 2 with one line on stderr (unreadable, or not recognised)."""
+    from irtoolkit.inference.recognise import recognise_checkpoint
+    from irtoolkit.utils.checkpoint import safe_load, state_dict_entry
+    from irtoolkit.utils.errors import UserError
+    from irtoolkit.utils.safetensors_file import is_safetensors
+    try:
+        ckpt = safe_load(path)
+        if not isinstance(ckpt, dict):
+            raise UserError(f'{path}: not a state dict (got {type(ckpt).__name__})')
+        state, used = state_dict_entry(ckpt, path, param_key)
+        entries = [str(k) for k, v in ckpt.items() if isinstance(v, dict)]
+        tensors = [v for v in state.values() if hasattr(v, 'numel')]
+        dtypes = sorted({str(t.dtype).replace('torch.', '') for t in tensors})
+        fmt = 'safetensors' if is_safetensors(path) else 'torch file'
+        print(f'{path}: {fmt}; {"entries " + ", ".join(entries) if entries else "a bare state dict"}; '
+              f'{used or "state dict"}: {len(tensors)} tensors, {sum(t.numel() for t in tensors):,} values '
+              f'({", ".join(dtypes) or "-"})')
+        print(recognise_checkpoint(ckpt, path, param_key, hint="irtk-infer needs -opt recipe.yml or --net "
+                                   "'{type: ..., ...}' for it").line())
+    except (UserError, KeyError, ValueError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
+        print(f'error: {msg}', file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--missing', action='store_true', help='only list missing files')
     p.add_argument('--json', action='store_true', help='machine-readable output')
-    sub = p.add_subparsers(dest='command', metavar='convert', help='convert IN OUT: a network file as .pth or '
-                           '.safetensors (see below)')
+    sub = p.add_subparsers(dest='command', metavar='convert|inspect', help='convert IN OUT: a network file as .pth '
+                           'or .safetensors; inspect FILE: what a network file holds and its network (see below)')
     conv = sub.add_parser('convert', help='rewrite a network file as .pth or .safetensors (OUT\'s suffix decides)')
     conv.add_argument('src', metavar='IN', help='network file (.pth or .safetensors)')
     conv.add_argument('dst', metavar='OUT', help='file to write: .safetensors, else a torch file')
     conv.add_argument('--force', action='store_true', help='overwrite OUT when it exists')
+    insp = sub.add_parser('inspect', help='entries, tensors and the network recognised from a network file')
+    insp.add_argument('path', metavar='FILE', help='network file (.pth or .safetensors)')
+    insp.add_argument('--param-key', default='auto', help='auto (params_ema, else params), params, params_ema')
     args = p.parse_args(argv)
     if args.command == 'convert':
         return convert(args.src, args.dst, args.force)
+    if args.command == 'inspect':
+        return inspect_file(args.path, args.param_key)
     all_rows = weights_report()
     table = [r for r in all_rows if not r['present']] if args.missing else all_rows
     if args.json:

@@ -26,6 +26,7 @@ from irtoolkit.engine.data import build_dataloader, build_dataset
 from irtoolkit.engine.describe import describe
 from irtoolkit.engine.run_log import TrainProgress, get_logger, init_tb_logger
 from irtoolkit.engine.tracking import build_tracker, sample_strip
+from irtoolkit.inference.recognise import recognise_file
 from irtoolkit.training.nonfinite import NonFiniteError
 from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_usable_state, prune_checkpoints, safe_load, set_rng_state
@@ -380,6 +381,21 @@ def validation_loaders(model, opt, run, prefix):
             for k, d in opt['datasets'].items() if k.startswith(prefix)]
 
 
+def recognised_network(opt, run, logger, key='g'):
+    """``network_<key>`` of a recipe that leaves it out: the options of the network in ``path.pretrain_network_<key>``
+    recognised from the file's contents (:mod:`irtoolkit.inference.recognise`), logged as one line. A network only
+    spandrel builds (no registered arch) or none at all is a one-line option error."""
+    path = opt['path'][f'pretrain_network_{key}']
+    where = run.where(f'network_{key}')
+    found = recognise_file(path, opt['path'].get(f'param_key_{key}', 'params'),
+                           hint=f'add network_{key} ({{type: ..., ...}}) to {run.opt_path or "the recipe"}')
+    if found.net_opt is None:
+        raise OptionError(f'{where}missing, and {path} holds {found.arch} ({found.how}), which no registered arch '
+                          'builds; irtk-infer --weights runs it')
+    logger.info(f'network_{key} from {path}: {found.line()}')
+    return found.net_opt
+
+
 def train(argv=None):
     args = parse_args(argv, True)
     opt, run = setup_run(args, True)
@@ -396,6 +412,8 @@ def test(argv=None):
     logger.info('options:\n' + dict2str(opt))
     if not opt['datasets']:
         raise OptionError(f'{run.where("datasets")}no test_* dataset given')
+    if 'network_g' not in opt and opt['path'].get('pretrain_network_g'):
+        opt['network_g'] = recognised_network(opt, run, logger)
     model = build_run_model(opt, run)
     save_img = opt['val'].get('save_img', True)
     all_results = {}

@@ -21,7 +21,7 @@ def test_train_20_iters_with_val_and_checkpoints(tiny_data, in_tmp):
     log = next(exp.glob('train_train20_*.log')).read_text()
     assert 'iter:      20' in log and '# psnr:' in log
     ckpt = torch.load(exp / 'models/net_g_latest.pth', weights_only=True)
-    assert set(ckpt) == {'params', 'params_ema'}
+    assert set(ckpt) == {'params', 'params_ema', 'network'}
     assert not list(exp.rglob('*.tmp.*'))  # atomic writes leave no temporaries
 
 

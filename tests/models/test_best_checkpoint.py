@@ -50,7 +50,7 @@ def test_best_is_saved_and_survives_resume(in_tmp, fmt):
     best = json.loads((exp / 'best.json').read_text())
     assert best == {'metric': 'psnr', 'dataset': 'tiny_val', 'value': 20.0, 'iter': 4, 'higher_is_better': True}
     path = find_network_file(str(exp / 'models'), 'net_g_best')
-    assert path.endswith(f'.{fmt}') and set(safe_load(path)) == {'params', 'params_ema'}
+    assert path.endswith(f'.{fmt}') and set(safe_load(path)) == {'params', 'params_ema', 'network'}
     saved = read_state_dict(path, 'params')[0]
     assert all(torch.equal(saved[k], v) for k, v in model.net_g.state_dict().items())
     assert not (exp / 'training_states').exists()  # 'best' writes networks only

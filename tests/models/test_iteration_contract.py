@@ -130,5 +130,5 @@ def test_readme_add_a_model_example_trains(tiny_data, in_tmp):
     curves = parse_log([str(p) for p in (in_tmp / 'experiments/readme_model').glob('train_*.log')])
     assert curves['l_pixel'][0] == list(range(1, 7)) and curves['l_edge'][0] == list(range(1, 7))
     state = torch.load(in_tmp / 'experiments/readme_model/models/net_g_latest.pth', weights_only=True)
-    assert set(state) == {'params', 'params_ema'}  # the EMA the example never mentions
+    assert set(state) == {'params', 'params_ema', 'network'}  # the EMA the example never mentions
     assert any(not torch.equal(state['params'][k], state['params_ema'][k]) for k in state['params'])
