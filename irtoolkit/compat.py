@@ -109,6 +109,75 @@ def _patch_basicsr_model_io():
     base_model.BaseModel.save_training_state = base_model.master_only(save_training_state)
 
 
+def _patch_realesrgan_device():
+    # basicsr's RealESRNetModel and RealESRGANModel (1.4.2) put DiffJPEG and USMSharp (__init__) and the training-pair
+    # queue (_dequeue_and_enqueue) on the GPU with .cuda(), whatever num_gpu says: on the CPU they stop at construction
+    # ("Found no NVIDIA driver on your system"). Everything else they do follows self.device (feed_data's .to, the
+    # noise and JPEG-quality draws on their input's device). Put those three on self.device too: with num_gpu != 0
+    # that is 'cuda', the device .cuda() picks, so GPU runs are unchanged. __init__ is basicsr's (its three lines
+    # with .to(self.device)); _dequeue_and_enqueue allocates the empty queue as basicsr does, then runs basicsr's
+    # own method, which finds it and only fills and shuffles it. Can go when basicsr's models use self.device there.
+    import functools
+
+    import torch
+    from basicsr.models.realesrgan_model import RealESRGANModel
+    from basicsr.models.realesrnet_model import RealESRNetModel
+    from basicsr.utils import DiffJPEG, USMSharp
+
+    from irtoolkit.utils.errors import OptionError
+
+    def patch(cls):
+        basicsr_enqueue = cls._dequeue_and_enqueue
+
+        def __init__(self, opt):
+            super(cls, self).__init__(opt)
+            self.jpeger = DiffJPEG(differentiable=False).to(self.device)  # simulate JPEG compression artifacts
+            self.usm_sharpener = USMSharp().to(self.device)
+            self.queue_size = opt.get('queue_size', 180)
+
+        @functools.wraps(basicsr_enqueue)
+        def _dequeue_and_enqueue(self):
+            if not hasattr(self, 'queue_lr'):  # (queue_size, C, H, W) of LQ and of GT, zeros until filled
+                b = self.lq.size(0)
+                if self.queue_size % b:  # basicsr asserts this; an option error names the file and the key
+                    where = f'{self.opt["opt_path"]}: ' if self.opt.get('opt_path') else ''
+                    raise OptionError(f'{where}queue_size: {self.queue_size} is not a multiple of the batch size {b}')
+                self.queue_lr = torch.zeros(self.queue_size, *self.lq.shape[1:], device=self.device)
+                self.queue_gt = torch.zeros(self.queue_size, *self.gt.shape[1:], device=self.device)
+                self.queue_ptr = 0
+            basicsr_enqueue(self)
+
+        __init__.__doc__ = cls.__init__.__doc__
+        cls.__init__ = __init__
+        cls._dequeue_and_enqueue = _dequeue_and_enqueue
+
+    for cls in (RealESRNetModel, RealESRGANModel):
+        patch(cls)
+
+
+def _patch_filter2d_layout():
+    # basicsr.utils.img_process_util.filter2D reflect-pads its (B, C, H, W) input and then .view()s it as
+    # (1, B*C, H', W'). DiffJPEG returns a channels-last-strided view, and on the CPU torch's reflection pad keeps
+    # that layout (on CUDA it does not: GPU runs never met this), so the next filter2D of Real-ESRGAN's degradation
+    # on the CPU (second blur, final sinc) stops with "view size is not compatible with input tensor's size and
+    # stride". Give it a contiguous input: the same values (a no-op for a contiguous one), so GPU results are
+    # unchanged. Replaced in img_process_util (USMSharp) and in the two model modules, which imported the function
+    # by name. Can go when basicsr reshapes instead of viewing there.
+    import functools
+
+    from basicsr.models import realesrgan_model, realesrnet_model
+    from basicsr.utils import img_process_util
+
+    basicsr_filter2d = img_process_util.filter2D
+
+    @functools.wraps(basicsr_filter2d)
+    def filter2D(img, kernel):
+        return basicsr_filter2d(img.contiguous(), kernel)
+
+    for module in (img_process_util, realesrnet_model, realesrgan_model):
+        module.filter2D = filter2D
+
+
 def apply():
     """Apply every patch once; safe to call repeatedly."""
     global _APPLIED
@@ -118,4 +187,6 @@ def apply():
     _patch_perceptual_l2()
     _patch_lmdb_backend()
     _patch_basicsr_model_io()
+    _patch_realesrgan_device()
+    _patch_filter2d_layout()
     _APPLIED = True

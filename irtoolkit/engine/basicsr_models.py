@@ -10,18 +10,60 @@ basicsr's interface differs from irtoolkit's in four places, which :class:`Basic
 * basicsr reads the run (``is_train``, ``dist``, ``rank``, output folders) from its options: it gets the recipe with
   the run context written in (:meth:`~irtoolkit.config.run.RunContext.basicsr_options`).
 
-What the runner adds, as for its own models: the training state also holds the RNG streams (Python, NumPy, torch)
-and the position in the epoch, so ``--auto_resume`` continues with the same batches and random draws. Resume is then
-exact when everything the model changes lives in its networks (EMA copies included), optimisers and schedulers,
-as in basicsr's models; state a model keeps elsewhere (e.g. RealESRGAN's training-pair queue) restarts empty.
+What the runner adds, as for its own models: the training state also holds the RNG streams (Python, NumPy, torch) and
+the position in the epoch, so ``--auto_resume`` continues with the same batches and random draws, and the state the
+model keeps outside its networks, optimisers and schedulers (:func:`training_attributes`: e.g. RealESRGAN's
+training-pair queue; Real-ESRGAN's own recipe, queue_size 180, gt_size 256, scale 4: 180 x 3 x (256² + 64²) float32
+values, 150 MB per training state). Resume is then exact on one process (on a GPU with ``deterministic: true``: without
+it, cuDNN/atomic kernels already make two uninterrupted runs differ). With several ranks each rank has its own such
+state and only rank 0 writes the training state: it is left out there, and a resume on several ranks (or of a state
+saved by several) starts it as the model builds it (RealESRGAN: an empty queue), saying so in the log.
 """
 import logging
 import os.path as osp
 
+import numpy as np
+import torch
+
 from irtoolkit.utils.checkpoint import atomic_save, get_rng_state, safe_load
 from irtoolkit.utils.registry import has_basicsr_interface
 
-__all__ = ['has_basicsr_interface', 'BasicSRModel']
+__all__ = ['has_basicsr_interface', 'BasicSRModel', 'training_attributes']
+
+logger = logging.getLogger('irtoolkit')
+
+NUMBERS = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def _version(tensor):
+    """The in-place version counter (none on an inference-mode tensor, which cannot change in place)."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def attribute_snapshot(model):
+    """What :func:`training_attributes` compares with: each tensor attribute's identity and in-place version, each
+    number's value."""
+    return {k: (v, _version(v)) if isinstance(v, torch.Tensor) else v for k, v in vars(model).items()
+            if isinstance(v, (torch.Tensor, *NUMBERS))}
+
+
+def training_attributes(model, snapshot):
+    """The tensors and numbers on ``model`` (its ``__dict__``, networks and optimisers aside) that training set or
+    changed since ``snapshot`` (:func:`attribute_snapshot` right after construction): state a basicsr model carries from
+    one iteration to the next outside its networks, such as RealESRGAN's training-pair queue (``queue_lr`` (Q, C, h,
+    w), ``queue_gt`` (Q, C, H, W), ``queue_ptr``) or StyleGAN2's ``mean_path_length``; also the last batch's tensors
+    (``lq``, ``gt``, ``output``), which the next ``feed_data`` replaces. What construction set from the options and
+    training left alone is not included, so a changed option takes effect on resume. Tensors as detached CPU copies,
+    numbers as Python numbers (both load with ``weights_only``)."""
+    out = {}
+    for k, v in vars(model).items():
+        if isinstance(v, torch.Tensor):
+            before = snapshot.get(k)
+            if not (isinstance(before, tuple) and before[0] is v and before[1] == _version(v)):
+                out[k] = v.detach().to('cpu', copy=True)
+        elif isinstance(v, NUMBERS) and not (k in snapshot and snapshot[k] == v):
+            out[k] = v.item() if isinstance(v, np.generic) else v
+    return out
 
 
 def resume_paths(opt, state):
@@ -47,6 +89,7 @@ class BasicSRModel:
         theirs_opt = run.basicsr_options(opt)  # the recipe with the run's fields, as basicsr's models read them
         self.__dict__['model'] = cls(resume_paths(theirs_opt, state) if state is not None else theirs_opt)
         self.__dict__['run'] = run
+        self.__dict__['constructed'] = attribute_snapshot(self.model)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -58,13 +101,28 @@ class BasicSRModel:
         if self.run.rank == 0:
             path = osp.join(self.run.paths['training_states'], f'{current_iter}.state')
             state = safe_load(path)
+            attributes = training_attributes(self.model, self.constructed)
+            if self.run.world_size > 1:  # rank 0's would stand in for every rank's: the names only, for the log
+                attributes = {k: None for k in attributes}
             state.update(batch_in_epoch=batch_in_epoch, accumulate=self.run.accumulate,
-                         world_size=self.run.world_size, rng=get_rng_state())
+                         world_size=self.run.world_size, rng=get_rng_state(), model_attributes=attributes)
             atomic_save(state, path)
 
     def resume_training(self, state):
-        """Optimisers and schedulers (the networks were loaded at construction, from the resumed iteration)."""
+        """Optimisers and schedulers (the networks were loaded at construction, from the resumed iteration), and on
+        one process the model's :func:`training_attributes` (tensors onto the model's device)."""
         self.model.resume_training(state)
+        saved = state.get('model_attributes') or {}
+        if not saved:
+            return
+        if state.get('world_size', 1) != 1 or self.run.world_size != 1:
+            logger.info(f'model attributes {", ".join(saved)} start as the model builds them: each rank keeps its own '
+                        f'(saved by {state.get("world_size", 1)} rank(s), resumed on {self.run.world_size})')
+            return
+        for k, v in saved.items():
+            setattr(self.model, k, v.to(self.model.device) if isinstance(v, torch.Tensor) else v)
+        logger.info('restored model attributes: ' + ', '.join(
+            f'{k} {tuple(v.shape)}' if isinstance(v, torch.Tensor) else f'{k}={v}' for k, v in saved.items()))
 
     def validation(self, dataloader, current_iter, tb_logger=None, save_img=False, logger=None):
         self.model.validation(dataloader, current_iter, tb_logger, save_img)
