@@ -1,2 +1,3 @@
-"""Inference helpers: image files in and out (:mod:`.image_io`), tiled forward passes (:mod:`.tiling`) and
-loading any registered network from options plus a checkpoint (:mod:`.loader`)."""
+"""Inference helpers: tiled forward passes (:mod:`.tiling`), loading any registered network from options plus a
+checkpoint (:mod:`.loader`), recognising a network from a checkpoint's contents (:mod:`.recognise`), export
+(:mod:`.export`) and complexity figures (:mod:`.complexity`)."""
