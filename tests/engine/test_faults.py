@@ -52,13 +52,17 @@ def _weights(exp):
     return torch.load(f'{exp}/models/net_g_latest.pth', weights_only=True)
 
 
+WEIGHTS = ('params', 'params_ema')  # a network file's weight entries (beside 'network', its options)
+
+
 def _same(a, b):
-    return all(torch.equal(a[k][n], b[k][n]) for k in a for n in a[k])
+    return all(torch.equal(a[k][n], b[k][n]) for k in WEIGHTS if k in a for n in a[k])
 
 
 def _all_checkpoints_finite(exp):
     for path in list(exp.glob('models/*.pth')):
-        for params in torch.load(path, weights_only=True).values():
+        state = torch.load(path, weights_only=True)
+        for params in (state[k] for k in WEIGHTS if k in state):
             assert all(torch.isfinite(v).all() for v in params.values()), path
 
 
