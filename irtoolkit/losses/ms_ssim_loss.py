@@ -29,6 +29,7 @@ from torch import nn
 
 from irtoolkit.utils.errors import OptionError
 from irtoolkit.utils.registry import LOSS_REGISTRY
+from irtoolkit.utils.ssim_terms import ssim_terms
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, Sec. 3.2 (sum 1.0001, used as is)
 _Y_COEF = (0.299, 0.587, 0.114)  # Y of YIQ (BT.601 luma without the 16..235 offset), as pyiqa's to_y_channel
@@ -57,12 +58,7 @@ def gaussian_filter(x, kernel, padding=0):
 
 def ssim_maps(x, y, kernel, c1, c2):
     """Luminance and contrast-structure maps (Wang et al. 2004) of (B, C, H, W), 'valid' filtering."""
-    mu_x, mu_y = gaussian_filter(x, kernel), gaussian_filter(y, kernel)
-    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
-    s_xx = gaussian_filter(x * x, kernel) - mu_xx
-    s_yy = gaussian_filter(y * y, kernel) - mu_yy
-    s_xy = gaussian_filter(x * y, kernel) - mu_xy
-    return (2 * mu_xy + c1) / (mu_xx + mu_yy + c1), (2 * s_xy + c2) / (s_xx + s_yy + c2)
+    return ssim_terms(x, y, c1, c2, lambda t: gaussian_filter(t, kernel))
 
 
 def scale_weights(scales):

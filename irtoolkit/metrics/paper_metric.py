@@ -17,6 +17,7 @@ import math
 import torch
 
 from irtoolkit.utils.registry import METRIC_REGISTRY
+from irtoolkit.utils.ssim_terms import ssim_terms
 
 _Y_COEF = (65.481, 128.553, 24.966)  # R, G, B
 
@@ -80,12 +81,7 @@ def gaussian_filter_valid(x, kernel):
 
 def ssim_map_stats(a, b, c1, c2, kernel):
     """SSIM ingredients of Wang et al. 2004 on float64 maps: (luminance term, contrast-structure term)."""
-    mu1, mu2 = gaussian_filter_valid(a, kernel), gaussian_filter_valid(b, kernel)
-    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    s11 = gaussian_filter_valid(a * a, kernel) - mu1_sq
-    s22 = gaussian_filter_valid(b * b, kernel) - mu2_sq
-    s12 = gaussian_filter_valid(a * b, kernel) - mu12
-    return (2 * mu12 + c1) / (mu1_sq + mu2_sq + c1), (2 * s12 + c2) / (s11 + s22 + c2)
+    return ssim_terms(a, b, c1, c2, lambda t: gaussian_filter_valid(t, kernel))
 
 
 def ssim(img, img2, crop_border=0, test_y_channel=False):
