@@ -354,14 +354,18 @@ def test_finished_run_says_complete_and_a_larger_total_continues(sr_data, in_tmp
     assert (in_tmp / 'experiments/done/training_states/8.state').is_file()
 
 
-@pytest.mark.slow
-def test_basicsr_srmodel_under_torchrun(sr_data, in_tmp):
-    path = write_options(sr_recipe(sr_data, 'ddp', total_iter=4), in_tmp / 'ddp.yml')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29687',
-           os.path.join(REPO, 'irtoolkit/train.py'), '-opt', path, '--launcher', 'pytorch']
-    proc = subprocess.run(cmd, cwd=in_tmp, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True,
+def _train_on_two_ranks(opt_path, cwd, port):
+    """irtoolkit/train.py under torchrun: 2 gloo processes of one thread each; the run must succeed."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
+           os.path.join(REPO, 'irtoolkit/train.py'), '-opt', opt_path, '--launcher', 'pytorch']
+    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_basicsr_srmodel_under_torchrun(sr_data, in_tmp):
+    _train_on_two_ranks(write_options(sr_recipe(sr_data, 'ddp', total_iter=4), in_tmp / 'ddp.yml'), in_tmp, 29687)
     assert (in_tmp / 'experiments/ddp/models/net_g_latest.pth').is_file()
 
 
@@ -370,11 +374,7 @@ def test_basicsr_realesrnet_under_torchrun_and_its_queue_on_resume(x4_data, in_t
     """DDP on the CPU (gloo): each rank degrades its own batches into its own queue; the training state (written by
     rank 0) names the queue but holds none, and a resume (here on one process) says so and builds the queue anew."""
     path = write_options(realesr_recipe(x4_data, 'ddp_resr', total_iter=2), in_tmp / 'ddp.yml')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29689',
-           os.path.join(REPO, 'irtoolkit/train.py'), '-opt', path, '--launcher', 'pytorch']
-    proc = subprocess.run(cmd, cwd=in_tmp, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    _train_on_two_ranks(path, in_tmp, 29689)
     exp = in_tmp / 'experiments/ddp_resr'
     state = torch.load(exp / 'training_states/2.state', weights_only=True)
     assert state['world_size'] == 2 and state['model_attributes']['queue_lr'] is None
