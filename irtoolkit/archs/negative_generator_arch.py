@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irtoolkit.archs.arch_util import init_weights
 from irtoolkit.contrastive.queue import EmbeddingQueue
 from irtoolkit.utils.registry import ARCH_REGISTRY
 
@@ -32,9 +33,14 @@ class NegativeGenerator(nn.Module):
         hidden_dim: MLP width (NEGCUT: 256).
         condition: ``pooled`` | ``none`` | ``param`` (see the module docstring).
         queue_size: stored negatives per layer (0: no queue).
+        init_gain: gain of the MLPs' xavier_normal weights, biases zero (NEGCUT: CUT's ``init_net`` with
+            ``init_type xavier``, ``init_gain 0.02``); 0 keeps PyTorch's default Linear init (weights ~27x larger
+            at NEGCUT's sizes, non-zero biases), with which, at one learning rate for every network, the heads
+            outrun N and the adversarial NCE collapses to ~0 within ~10 iterations (docs/contrastive.md).
     """
 
-    def __init__(self, dims, num_negatives=256, z_dim=64, hidden_dim=256, condition='pooled', queue_size=0):
+    def __init__(self, dims, num_negatives=256, z_dim=64, hidden_dim=256, condition='pooled', queue_size=0,
+                 init_gain=0.02):
         super().__init__()
         if condition not in ('pooled', 'none', 'param'):
             raise ValueError(f'NegativeGenerator: condition must be pooled, none or param, got {condition!r}')
@@ -46,6 +52,8 @@ class NegativeGenerator(nn.Module):
             self.mlps = nn.ModuleList(
                 nn.Sequential(nn.Linear(d + z_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, d))
                 for d in self.dims)
+            if init_gain:
+                init_weights(self.mlps, 'xavier', init_gain)
         self.queues = nn.ModuleList(EmbeddingQueue(queue_size, d) for d in self.dims)
 
     def forward(self, keys):

@@ -17,20 +17,32 @@ class PatchProjectionHeads(nn.Module):
     (CUT's ``PatchSampleF`` with ``use_mlp``; NLCL's samplers). ``use_mlp=False`` keeps the raw features
     (normalised) — a parameter-free ablation.
 
+    ``init_type`` / ``init_gain``: ``xavier`` — xavier_normal weights of gain ``init_gain`` (CUT's ``PatchSampleF``
+    and NLCL's heads: ``init_net`` with ``xavier``, 0.02); ``normal`` — N(0, ``init_gain``) weights (irtoolkit's
+    init before issue 20, ~16x larger at 256 -> 256); biases zero in both; ``init_gain`` 0 keeps PyTorch's init.
+
     Shapes: forward(list of (B, P, C_l)) -> list of (B, P, out_dim) (or (B, P, C_l) without MLP), unit norm.
     """
 
-    def __init__(self, in_channels, out_dim=256, hidden_dim=256, use_mlp=True, init_gain=0.02):
+    def __init__(self, in_channels, out_dim=256, hidden_dim=256, use_mlp=True, init_gain=0.02, init_type='xavier'):
         super().__init__()
+        if init_type not in ('xavier', 'normal'):
+            raise ValueError(f'PatchProjectionHeads: init_type must be xavier or normal, got {init_type!r}')
         self.in_channels = [int(c) for c in in_channels]
         self.out_dim = out_dim if use_mlp else None
         self.use_mlp = use_mlp
         self.mlps = nn.ModuleList(
             nn.Sequential(nn.Linear(c, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
             if use_mlp else nn.Identity() for c in self.in_channels)
-        for m in self.modules():  # CUT/NLCL initialise heads with a small normal (gain 0.02)
+        # Adam's steps do not scale with the weights, so the init scale sets how fast the heads move at first: from
+        # xavier 0.02 (std ~1e-3) the first steps outweigh the weights and the zero-init biases soon dominate the
+        # output (near-constant embeddings) unless the contrast forbids it (docs/contrastive.md, CDD-GAN)
+        for m in self.modules():
             if isinstance(m, nn.Linear) and init_gain:
-                nn.init.normal_(m.weight, 0.0, init_gain)
+                if init_type == 'xavier':
+                    nn.init.xavier_normal_(m.weight, gain=init_gain)
+                else:
+                    nn.init.normal_(m.weight, 0.0, init_gain)
                 nn.init.zeros_(m.bias)
 
     def out_dims(self):

@@ -12,7 +12,8 @@ trained negatives — inside a CycleGAN frame, with NEGCUT's / CUT's choices unl
 * per generator, the contrastive pairs of CUT/NEGCUT: (G(x), x) on its source images and, with the ``identity``
   reading of the clear exemplars, (G(y), y) on its target domain's images, weighted ``1/2 (NCE_X + NCE_Y)``;
 * per iteration: (1) D step (GAN loss on real vs generated); (2) N step — the negative generators *ascend* the
-  adversarial PatchNCE of every pair (queries and keys fixed) plus the diversity of their fresh negatives;
+  adversarial PatchNCE of every pair (queries and keys fixed, at patch locations sampled for this step: NEGCUT
+  samples anew in each NCE computation) plus the diversity of their fresh negatives;
   (3) G + F step — generators and heads *descend* GAN + cycle (+ identity L1) + adversarial PatchNCE with the
   generated negatives detached; (4) momentum update of the momentum heads; (5) push the negatives to the queue.
   N is conditioned on the momentum head applied to *every* location of the source's feature map, averaged
@@ -56,7 +57,7 @@ CDDGAN_SCHEMA = {
                       doc='features of the PatchNCE ({type: self|disc|vgg|timm, layers}); unset: generator'),
     'num_patches': Option(int, 256, doc='patches sampled per image and layer (CUT: 256)'),
     'sampler': Option(dict, {'type': 'random'}, doc='patch sampler ({type: random|nonlocal|grid, ...})'),
-    'head': Option(dict, {}, doc='PatchProjectionHeads arguments (out_dim, hidden_dim, use_mlp, init_gain)'),
+    'head': Option(dict, {}, doc='PatchProjectionHeads arguments (out_dim, hidden_dim, use_mlp, init_gain, init_type)'),
     'momentum': Option(NUM, 0.9, doc='momentum of the momentum heads that condition the negative generators'),
     'both_directions': Option(bool, True, doc='PatchNCE in both directions (hazy->clear and clear->hazy)'),
     'clear_exemplar': Option(_exemplar_readings, ['identity'],
@@ -165,7 +166,8 @@ class CDDGANModel(BaseModel):
         return fwd
 
     def _pairs(self, d, fwd):
-        """The pairs of direction d: (G(x), x) and, with the identity reading, (G(y), y) — CUT's weighting."""
+        """The pairs of direction d: (G(x), x) and, with the identity reading, (G(y), y) — CUT's weighting; each call
+        samples its own patch locations."""
         copt = self.opt['cddgan']
         src, out, tgt, idt = (fwd.x, fwd.fake_c, fwd.y, fwd.idt_c) if d == 'a' else \
             (fwd.y, fwd.fake_h, fwd.x, fwd.idt_h)
@@ -175,8 +177,8 @@ class CDDGANModel(BaseModel):
         return [self._pair(d, src, out, w_x), self._pair(d, tgt, idt, w_y)]
 
     def _pair(self, d, src, out, weight):
-        """Keys and condition from ``src`` (no gradient: targets; G and the heads do not change before the G step,
-        so they serve both the N and the G step), queries from ``out`` (gradient to G and the heads)."""
+        """Keys and condition from ``src`` (no gradient: targets), queries from ``out`` (gradient to G and the heads
+        unless called under ``no_grad``), at patch locations drawn for this pair."""
         coords = self.sampler(src, self.opt['cddgan']['num_patches'])
         with torch.no_grad():
             feats = self.encoders[d](src)
@@ -198,11 +200,17 @@ class CDDGANModel(BaseModel):
                                  for net_d, real, fake in self._gan_pairs(fwd)))
 
     def n_losses(self, fwd):
-        """(2) Negative generators: ascent on the adversarial PatchNCE of every pair (queries and keys fixed) and on
-        the diversity of the negatives generated for it; the mean over directions."""
+        """(2) Negative generators: ascent on the adversarial PatchNCE of every pair (queries and keys fixed, at patch
+        locations drawn for this step) and on the diversity of the negatives generated for it; the mean over
+        directions."""
         loss, l_n, nce_seen, div = self.losses['nce'], 0, 0, 0
+        # the N step's own patch locations (NEGCUT samples anew for every NCE): ascended on the very patches the G
+        # step then descends on, N would fit that draw of queries rather than the image. G and the heads have not
+        # changed since forward_generators, so its images still give their current embeddings; q is a constant here
+        with torch.no_grad():
+            pairs = {d: self._pairs(d, fwd) for d in self.directions}
         for d in self.directions:
-            for p in fwd.pairs[d]:
+            for p in pairs[d]:
                 fresh = self.neg_gens[d](p.cond)
                 negs = bare(self.neg_gens[d]).with_queue(fresh)
                 l_n = l_n + p.weight * loss(p.q, p.k, negs, role='negative', fresh=fresh)

@@ -6,7 +6,7 @@ Networks: ``net_g`` G_B (background; validated/tested; NAFNet by default), ``net
 ``NLCLResGenerator`` in NLCL) — or, with ``nlcl.rain_mode: residual``, R = O - G_B(O) and no ``net_r`` (the
 notes' advice for backbones with a global skip), ``net_d`` PatchGAN (judges backgrounds against unpaired clean
 images, and doubles as the layer-contrast encoder), heads ``net_h_loc`` (location contrast), ``net_h_bg`` and
-``net_h_rain`` (layer contrast).
+``net_h_rain`` (layer contrast; with ``nlcl.layer_head: shared``, one head ``net_h_layer`` for both).
 
 Generator loss (NLCL's code defaults)::
 
@@ -19,15 +19,30 @@ the contrastive terms (unit-norm embeddings, a critic that learns its own scale)
 the official lambda_MSE = 1 and lambda_L1 = 0.1 are ``recon_opt.loss_weight: 4`` and ``fidelity_opt.loss_weight:
 0.2`` here (``options/_base_/models/nlcl.yml``): the same balance against the GAN and NCE terms.
 
-The layer contrast taps D where NLCL does: its ``adv_nce_layers 0,3,7`` are the raw outputs of the first three
+The layer contrast taps D where NLCL does: its ``adv_nce_layers 0,3,7`` are the outputs of the first three
 convolutions of CUT's flat discriminator, ``body.0.0``, ``body.1.0``, ``body.2.0`` here (255 / 127 / 63 px on a
-256 crop), after the RGB input that NLCL's discriminator prepends (``input``). D is initialised as NLCL's
+256 crop), after the RGB input that NLCL's discriminator prepends (``input``). As in the release, the in-place
+LeakyReLU that follows the first convolution overwrites the tapped tensor, so ``body.0.0`` gives LeakyReLU(conv0),
+an activation; the second and third convolutions are followed by the instance norm (a new tensor), so their taps
+are the convolutions' outputs before norm and activation. D is initialised as NLCL's
 (``init_type: xavier``, gain 0.02) and the lr is held, then decayed linearly (NLCL: 200 + 10 epochs).
 
 Differences from the official release, on purpose (its bugs, notes §3.4): every projection head is trained,
 by **one** optimiser ``optim_heads`` over all heads (the release never steps the location head and builds the
 background head's optimiser on the rain head); any batch size and crop size (vectorised sampler, normalised
 coordinates); no hard-coded resume path; every term is logged (the release never prints the NCE term).
+``nlcl.head_training: release`` reproduces the release's heads instead: the location and background heads stay at
+their initialisation, and the rain head takes two Adam steps per iteration from two optimisers that see the same
+gradients — identical states, hence exactly one step at twice ``optim_heads``' lr (Adam without weight decay),
+which is how it is built here.
+
+**Layer head.** The bg and rain patches are each chosen *self-similar* (the most similar patches around one
+centre), so two separately trained heads can separate the two sets by themselves: each maps its own input to one
+direction, whatever G_B and G_R produce. With G, D and the images frozen, two fresh heads reach the term's
+separated minimum within a few steps and its gradient on G falls by orders of magnitude (docs/contrastive.md). With
+``layer_head: shared`` one head embeds both sets, so only features that differ between background and rain can
+separate them, and the term keeps steering G_B and G_R. ``separate`` (two heads, NLCL's design) stays the
+default; ``shared`` is the variant the evidence favours.
 Per iteration: D step, then G step (generators + heads; D frozen while used as encoder). Without ``train.nlcl_opt``
 the model has no heads and no contrastive terms: the ablation "NLCL without the non-local contrastive terms".
 
@@ -65,6 +80,11 @@ NLCL_SCHEMA = {
     'num_bg': Option(int, 8, doc='self-similar background patches (NLCL: 8)'),
     'num_rain': Option(int, 128, doc='self-similar rain patches (NLCL: 128)'),
     'head': Option(dict, {}, doc='PatchProjectionHeads arguments (out_dim, hidden_dim, use_mlp, init_gain)'),
+    'layer_head': Option(str, 'separate', choices=('separate', 'shared'),
+                         doc='layer contrast: a background and a rain head (NLCL) or one head for both sets'),
+    'head_training': Option(str, 'all', choices=('all', 'release'),
+                            doc="all heads trained, or the release's: location and background heads never "
+                            'stepped, the rain head stepped twice'),
     'identity_init': Option(list, [], doc="modules of G_B zeroed so that B = O at step 0 (e.g. NAFNet's ending)"),
     'rain_activation': Option(str, 'none', choices=('none', 'relu'), doc='relu: R >= 0 (rain only adds light)'),
     'd_warmup_iter': Option(int, 0, doc='D-only steps first, so the critic knows rain before it steers G_B'),
@@ -97,11 +117,24 @@ class NLCLModel(BaseModel):
         self.loc_encoder, self.layer_encoder = (
             self.checked(lambda: build_encoder(nopt[key], self.net_g, self.net_d, f'{where}nlcl.{key}'), 'nlcl.')
             .to(self.device) for key in ('location_encoder', 'layer_encoder'))
+        if nopt['layer_head'] == 'shared' and nopt['head_training'] == 'release':
+            raise self.option_error('nlcl.layer_head', "shared: the release's heads (head_training: release) are "
+                                    'a background and a rain head')
+        shared = nopt['layer_head'] == 'shared'
+        names = ('net_h_loc', 'net_h_layer') if shared else ('net_h_loc', 'net_h_bg', 'net_h_rain')
+        encoders = (self.loc_encoder, ) + (self.layer_encoder, ) * (len(names) - 1)
         heads = [self.checked(lambda: PatchProjectionHeads(enc.channels(), **(nopt['head'] or {})), 'nlcl.head: ')
-                 for enc in (self.loc_encoder, self.layer_encoder, self.layer_encoder)]
+                 for enc in encoders]
+        # the release never steps the location and background heads: frozen at their initialisation (and saved)
+        frozen = ('net_h_loc', 'net_h_bg') if nopt['head_training'] == 'release' else ()
         # DDP-wrapped when distributed; checkpoints keep the bare key names
-        self.h_loc, self.h_bg, self.h_rain = (self.add_net(name, h)
-                                              for name, h in zip(('net_h_loc', 'net_h_bg', 'net_h_rain'), heads))
+        added = [self.add_net(name, h, trainable=name not in frozen) for name, h in zip(names, heads)]
+        if frozen and self.run.dist:  # not DDP-wrapped, so not broadcast: every rank takes rank 0's random heads
+            for name in frozen:
+                for tensor in self.networks[name].state_dict().values():
+                    torch.distributed.broadcast(tensor, 0)
+        self.h_loc, self.h_bg, self.h_rain = added if not shared else (added[0], added[1], added[1])
+        self.trained_heads = tuple(n for n in names if n not in frozen)
 
     def setup_losses(self):
         return self.build_losses(required=('gan', ), optional=('nlcl', 'recon', 'fidelity'))
@@ -109,8 +142,11 @@ class NLCLModel(BaseModel):
     def setup_optimizers(self):
         self.add_optimizer('g', 'optim_g', ('net_g', ) + (('net_r', ) if self.net_r is not None else ()))
         self.add_optimizer('d', 'optim_d', ('net_d', ))
-        if self.use_contrast:  # one optimiser over *all* heads: the release built one on the wrong net
-            self.add_optimizer('heads', 'optim_heads', ('net_h_loc', 'net_h_bg', 'net_h_rain'))
+        if self.use_contrast:  # one optimiser over *all* trained heads: the release built one on the wrong net
+            heads = self.add_optimizer('heads', 'optim_heads', self.trained_heads)
+            if self.opt['nlcl']['head_training'] == 'release':  # its two optimisers step the rain head alike
+                for group in heads.param_groups:
+                    group['lr'] *= 2
 
     def _identity_init(self, names):
         """Zero the weights and biases of ``names`` (modules of G_B, e.g. NAFNet's ``ending``): with a global skip

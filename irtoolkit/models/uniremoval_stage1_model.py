@@ -10,8 +10,11 @@ arch, loaded from checkpoints; eval mode, no gradients) teach the student ``net_
          + recon_weight * sum_l |IP_y^l(P_y^l(f_T^l)) - f_T^l|_1
 
 Feature grain: student features at ``student_layers`` and the sample's teacher's features at ``teacher_layers``
-are projected into a common space by 1x1-conv projectors (``net_proj``: one per student layer and one per
-teacher and layer, sized at construction) and compared at the same random patches. As in TKL&MR, the projectors
+are projected into a common space by TKL&MR's projectors (``net_proj``: one per student layer and one per teacher
+and layer, sized at construction: conv3x3 -> ReLU -> conv3x3, bias-free, kaiming-normal; ``projector: pointwise``
+keeps this toolkit's earlier 1x1 convolutions with bias and torch's default init, whose biases dominate at init and
+map every patch to nearly one vector, so that the feature-grain InfoNCE sat at chance: docs/contrastive.md) and
+compared at the same random patches. As in TKL&MR, the projectors
 learn a *shared* space: the positive term pulls the student's and the sample's teacher's projections towards each
 other (gradient into both projectors), TKL&MR's inverse projectors keep the teacher projections informative, and
 the negatives — the other patches and, with ``feature_negatives: other_teachers``, the other teachers' projections
@@ -49,6 +52,8 @@ STAGE1_SCHEMA = {
     'student_layers': Option(list, ['intro'], doc='student modules whose features are contrasted'),
     'teacher_layers': Option(list, None, doc="teacher modules paired with student_layers; unset: the student's names"),
     'proj_channels': Option(int, 64, doc='channels of the common projection space'),
+    'projector': Option(str, 'tklmr', choices=('tklmr', 'pointwise'),
+                        doc="TKL&MR's 3x3 bias-free kaiming projectors, or the earlier 1x1 ones with bias"),
     'num_patches': Option(int, 64, doc='feature-grain patches per image'),
     'feature_negatives': Option(str, 'other_teachers', choices=('other_teachers', 'none'),
                                 doc="feature-grain negatives: the other teachers' projections, or none"),
@@ -58,6 +63,20 @@ STAGE1_SCHEMA = {
     'batch_negatives': Option(bool, True, doc="every degraded input of the batch is a negative (TKL&MR's HCR)"),
     'recon_weight': Option(NUM, 0.05, doc="weight of the inverse projectors' reconstruction"),
 }
+
+
+class TKLProjector(nn.Sequential):
+    """A feature map into (or, as an inverse projector, out of) the common space, as TKL&MR's ``StudentProjector`` /
+    ``TeacherProjectors`` (Chen et al., CVPR 2022, ``models/projector.py``): conv3x3 -> ReLU -> conv3x3, no biases,
+    kaiming-normal weights (fan-in, ReLU gain: their ``init_weights``). Without biases the projection of a patch is
+    carried by its features, not by a constant shared by every patch. (B, C_in, H, W) -> (B, C_out, H, W)."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
+                         nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False))
+        for m in self:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_in', nonlinearity='relu')
 
 
 class _Projectors(nn.ModuleDict):
@@ -114,14 +133,16 @@ class UniRemovalStage1Model(BaseModel):
             self._build_image_encoder(uopt['image_encoder'] or {'type': 'teacher', 'layers': t_layers}, t_layers)
 
     def _projectors(self, channels):
-        """Student, teacher and inverse projectors, sized by a dry run of the student and the teachers."""
+        """Student, teacher and inverse projectors (``uniremoval.projector``), sized by a dry run of the student and
+        the teachers."""
         probe = torch.zeros(1, 3, 64, 64, device=self.device)
         s_ch = self.s_tap.channels(probe)
         t_chs = [tap.channels(probe) for tap in self.t_taps]
+        proj = TKLProjector if self.opt['uniremoval']['projector'] == 'tklmr' else FeatureProjector
         return _Projectors({
-            'student': nn.ModuleList(FeatureProjector(c, channels) for c in s_ch),
-            'teachers': nn.ModuleList(nn.ModuleList(FeatureProjector(c, channels) for c in ch) for ch in t_chs),
-            'inverse': nn.ModuleList(nn.ModuleList(FeatureProjector(channels, c) for c in ch) for ch in t_chs)})
+            'student': nn.ModuleList(proj(c, channels) for c in s_ch),
+            'teachers': nn.ModuleList(nn.ModuleList(proj(c, channels) for c in ch) for ch in t_chs),
+            'inverse': nn.ModuleList(nn.ModuleList(proj(channels, c) for c in ch) for ch in t_chs)})
 
     def _build_image_encoder(self, enc_opt, t_layers):
         self.img_taps, self.img_encoder = None, None

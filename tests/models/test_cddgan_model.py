@@ -118,11 +118,22 @@ def test_negative_objective_lambda_div_and_fresh_only():
 def test_full_recipe_is_negcut_on_cut_resnet():
     opt = load_recipe(osp.join(REPO, 'options/train/CDDGAN/train_CDDGAN_RESIDE.yml'))
     assert opt['network_g']['type'] == 'ResnetGenerator' and opt['network_g']['num_blocks'] == 9
+    demo = load_recipe(osp.join(REPO, 'options/train/CDDGAN/demo_CDDGAN_haze.yml'))
+    assert demo['network_g']['type'] == 'ResnetGenerator'  # the demo is the full recipe, smaller
     assert opt['cddgan']['encoder']['layers'] == ['model.0', 'model.4', 'model.8', 'model.12', 'model.16']
     sched, total = opt['train']['scheduler'], opt['train']['total_iter']
     assert sched['type'] == 'HoldLinearDecayLR' and sched['hold_iters'] == sched['decay_iters'] == total // 2
     nce = opt['train']['nce_opt']
     assert (nce['loss_weight'], nce['lambda_div'], nce['temperature']) == (1.0, 1.0, 0.07)
+
+
+def test_recipes_train_every_network_at_one_rate():
+    """NEGCUT trains G, D, F and N at one learning rate; so do both recipes (the demo once ran N 10x faster to hide
+    the collapse that torch's default N init caused; tests/models/test_cddgan_terms.py measures it)."""
+    for name in ('demo_CDDGAN_haze.yml', 'train_CDDGAN_RESIDE.yml'):
+        train = load_recipe(osp.join(REPO, 'options/train/CDDGAN', name))['train']
+        rates = {train[o]['lr'] for o in ('optim_g', 'optim_d', 'optim_f', 'optim_n')}
+        assert len(rates) == 1, (name, rates)
 
 
 def test_adversarial_nce_starts_informative_with_resnet_not_with_nafnet(tiny_data, in_tmp):

@@ -95,8 +95,10 @@ def test_bad_options_fail_early(tiny_data, in_tmp, bad):
 
 
 def test_layer_contrast_taps_nlcl_conv_outputs():
-    """N1: NLCL's adv_nce_layers 0, 3, 7 (after the prepended input) are D's first three convolutions' raw outputs,
-    255 / 127 / 63 px on a 256 crop — not the post-LeakyReLU, blur-pooled stage outputs (128 / 64 / 32 px)."""
+    """N1: NLCL's adv_nce_layers 0, 3, 7 (after the prepended input) are D's first three convolutions, 255 / 127 / 63
+    px on a 256 crop — not the blur-pooled stage outputs (128 / 64 / 32 px). As in the release, the in-place
+    LeakyReLU after the first convolution overwrites its tapped output (an activation: LeakyReLU(conv0)); the second
+    and third are followed by the instance norm (a new tensor), so their taps stay the convolutions' outputs."""
     from irtoolkit.contrastive.encoders import build_encoder
     from irtoolkit.utils.registry import build_network
     opt = load_recipe(osp.join(REPO, 'options/train/NLCL/train_NLCL_SPAData.yml'))
@@ -107,6 +109,13 @@ def test_layer_contrast_taps_nlcl_conv_outputs():
     assert [tuple(f.shape[1:]) for f in feats] == [(3, 256, 256), (64, 255, 255), (128, 127, 127), (256, 63, 63)]
     modules = dict(net_d.named_modules())
     assert all(type(modules[n]).__name__ == 'Conv2d' for n in opt['nlcl']['layer_encoder']['layers'][1:])
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = enc(x)
+        conv0 = net_d.body[0][0](x)
+        conv1 = net_d.body[1][0](net_d.body[0](x))
+    assert torch.allclose(feats[1], torch.nn.functional.leaky_relu(conv0, 0.2)) and (conv0 < 0).any()
+    assert torch.allclose(feats[2], conv1) and (feats[2] < 0).any()
 
 
 def test_loss_weights_equal_the_official_on_minus_one_one():
