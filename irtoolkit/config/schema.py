@@ -3,7 +3,8 @@
 A schema maps a key (or a regex written ``re:...``) to one of:
 
 * a type or a tuple of types (``int``, ``(list, str)``; :data:`NUM` is int or float, never bool);
-* a nested schema (a dict) for a mapping;
+* a nested schema (a dict) for a mapping (also inside a tuple: ``(int, {...})`` accepts an int or a mapping whose
+  keys are checked);
 * a predicate (a callable returning a bool);
 * :data:`ANY` (checked later by the builder that consumes it);
 * an :class:`Option`: any of the above plus ``default``, ``choices`` and a one-line ``doc``.
@@ -102,9 +103,20 @@ def option_problems(opt, schema, prefix=''):
             found.append(f'{full}: unknown option; {hint}')
         elif not matches(value, entry):
             found.append(f'{full}: expected {expected(entry)}, got {type(value).__name__} {value!r}')
-        elif isinstance(_spec(entry), dict) and isinstance(value, dict):
-            found.extend(option_problems(value, _spec(entry), full + '.'))
+        elif isinstance(value, dict) and _mapping_schema(entry) is not None:
+            found.extend(option_problems(value, _mapping_schema(entry), full + '.'))
     return found
+
+
+def _mapping_schema(entry):
+    """The nested schema a mapping value is checked against: the entry's own, or the mapping member of a union
+    (``(int, {'size': int, ...})``: an int shorthand or a checked mapping); None when it has none."""
+    spec = _spec(entry)
+    if isinstance(spec, dict):
+        return spec
+    if isinstance(spec, tuple):
+        return next((s for s in spec if isinstance(s, dict)), None)
+    return None
 
 
 def check_options(opt, schema, where=''):
@@ -178,6 +190,9 @@ def schema_rows(schema, prefix=''):
             if doc:
                 rows.append((prefix + key, 'a mapping', default, doc))
             rows.extend(schema_rows(spec, f'{prefix}{key}.'))
+        elif _mapping_schema(entry) is not None:  # a union with a mapping: the union's row, then the mapping's keys
+            rows.append((prefix + key, expected(entry), default, doc))
+            rows.extend(schema_rows(_mapping_schema(entry), f'{prefix}{key}.'))
         else:
             rows.append((prefix + key, expected(entry), default, doc))
     return rows

@@ -28,6 +28,7 @@ from irtoolkit.engine.run_log import TrainProgress, get_logger, init_tb_logger
 from irtoolkit.engine.tracking import build_tracker, sample_strip
 from irtoolkit.inference.recognise import recognise_file
 from irtoolkit.training.nonfinite import NonFiniteError
+from irtoolkit.training.validation_tiling import tile_with_overrides
 from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_usable_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.errors import OptionError, UserError
@@ -45,6 +46,14 @@ def parse_args(argv, is_train=True):
     if is_train:
         p.add_argument('--auto_resume', action='store_true', help='resume from the latest training state')
         p.add_argument('--debug', action='store_true', help='prefix the name with debug_ (print every iter)')
+    else:  # over the recipe's val.tile (irtoolkit.training.validation_tiling)
+        p.add_argument('--tile', type=_cli_int(16), metavar='N',
+                       help='test tile by tile, N px tiles (>= 16; 0: whole images); exact tiles when the network has '
+                            'a schedule, so metrics equal whole-image ones on images larger than memory')
+        p.add_argument('--tile-overlap', type=_cli_int(0), metavar='N', help='blended tiles: minimum overlap (32)')
+        p.add_argument('--tile-exact', choices=('auto', 'true', 'false'),
+                       help='auto (default): exact tiles when the network has a schedule, else blended; true: exact or '
+                            'an error; false: blended overlapping tiles')
     args = p.parse_args(argv)
     if args.describe:
         print(describe(args.describe))
@@ -52,6 +61,19 @@ def parse_args(argv, is_train=True):
     if not args.opt:
         p.error('the following arguments are required: -opt')
     return args
+
+
+def _cli_int(least):
+    """argparse type: 0 or an int >= ``least``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected an int, got {text!r}') from None
+        if value and value < least or value < 0:
+            raise argparse.ArgumentTypeError(f'expected 0 or an int >= {least}, got {value}')
+        return value
+    return parse
 
 
 def set_random_seed(seed):
@@ -76,6 +98,9 @@ def build_run_model(opt, run, state=None):
     if run.is_train and (opt['logger'].get('checkpoint_format', 'pth') != 'pth' or opt['val'].get('save_best')):
         key = 'val.save_best' if opt['val'].get('save_best') else 'logger.checkpoint_format'
         raise OptionError(f'{run.where(key)}{cls.__name__} saves its own .pth files; this needs an irtoolkit model')
+    if opt['val'].get('tile'):
+        raise OptionError(f'{run.where("val.tile")}{cls.__name__} validates with its own code, which does not tile; '
+                          'val.tile / --tile need an irtoolkit model')
     return BasicSRModel(cls, opt, run, state)
 
 
@@ -406,6 +431,9 @@ def train(argv=None):
 def test(argv=None):
     args = parse_args(argv, False)
     opt, run = setup_run(args, False)
+    if (args.tile, args.tile_overlap, args.tile_exact) != (None, None, None):
+        exact = {'auto': 'auto', 'true': True, 'false': False, None: None}[args.tile_exact]
+        opt['val']['tile'] = tile_with_overrides(opt['val'].get('tile'), args.tile, args.tile_overlap, exact)
     os.makedirs(run.paths['results_root'], exist_ok=True)
     log_file = osp.join(run.paths['log'], f'test_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')
     logger = get_logger(log_file, run.rank)

@@ -72,7 +72,7 @@ def _net_device(net, default):
 
 @torch.inference_mode()
 def tiled_forward(net, img, tile=256, overlap=32, margin=None, align=1, batch_size=1, out_device=None,
-                  progress=False, device=None):
+                  progress=False, device=None, exact=False):
     """Restore ``img`` (1, C, H, W) with ``net`` tile by tile; returns (1, C_out, H*s, W*s) for scale ``s``.
 
     Args:
@@ -85,9 +85,20 @@ def tiled_forward(net, img, tile=256, overlap=32, margin=None, align=1, batch_si
         out_device: where the blended output is accumulated (default: the device of ``img``).
         device: where the network runs (default: its parameters' device). ``img`` may stay on the CPU: each
             batch of tiles goes to ``device`` only when it runs.
+        exact: False: blended tiles; True: the exact schedule of :mod:`irtoolkit.inference.exact_tiling` (output
+            equal to the whole-image output; ValueError for a network without one); 'auto': exact when
+            :func:`~irtoolkit.inference.exact_tiling.supports_exact_tiling`, else blended tiles. ``overlap``,
+            ``margin``, ``align`` and ``batch_size`` apply to blended tiles only.
     """
     if img.dim() != 4 or img.shape[0] != 1:
         raise ValueError(f'tiled_forward expects one image (1, C, H, W), got {tuple(img.shape)}')
+    if exact not in (False, True, 'auto'):
+        raise ValueError(f"tiled_forward: exact must be False, True or 'auto', got {exact!r}")
+    if exact:
+        from irtoolkit.inference.exact_tiling import exact_tiled_forward, supports_exact_tiling
+        if exact is True or supports_exact_tiling(net):
+            return exact_tiled_forward(net, img, tile or max(img.shape[-2:]), device=device, out_device=out_device,
+                                       progress=progress)
     device = torch.device(device) if device is not None else _net_device(net, img.device)
     if device.type == 'cpu':
         keep_freed_memory()

@@ -64,13 +64,29 @@ from irtoolkit.utils.optim import build_optimizer, build_scheduler
 from irtoolkit.utils.registry import build_loss, build_network
 from irtoolkit.utils.schedule_free import evaluation_weights, restore_train_weights, train_weights
 
-__all__ = ['BaseModel', 'bare']
+__all__ = ['BaseModel', 'bare', 'channels_last_on']
 logger = logging.getLogger('irtoolkit')
 
 
 def _amp_dtype(v):
     """bf16 or fp16"""
     return v in ('bf16', 'fp16', 'bfloat16', 'float16')
+
+
+def _true_false_auto(v):
+    """true, false or auto"""
+    return isinstance(v, bool) or v == 'auto'
+
+
+def channels_last_on(value, device):
+    """Whether ``train.channels_last`` (true, false, auto or unset) puts a training model on ``device`` in the
+    channels-last layout. auto / unset: on the CPU only. There oneDNN runs 3x3, depthwise and 1x1 convolutions on NHWC
+    without reordering every input and output to its blocked layout, which made ConStyleNAFNet's and NAFNet's steps
+    the fastest measured at equal weights (docs/performance.md); on CUDA it has not been measured yet
+    (benchmarks/gpu_train_check.sh), so NCHW stays."""
+    if value is None or value == 'auto':
+        return torch.device(device).type == 'cpu'
+    return bool(value)
 
 
 TRAINING_SCHEMA = {
@@ -88,7 +104,10 @@ TRAINING_SCHEMA = {
     'nonfinite': Option(NONFINITE_SCHEMA, doc='the non-finite guard before every optimiser step'),
     'compile': Option((bool, {'mode': str, 'backend': str}), doc='torch.compile the trainable networks: true, '
                       'or {mode: default|reduce-overhead|max-autotune, backend: inductor|aot_eager|...}'),
-    'channels_last': Option(bool, doc='channels-last memory format for networks and image batches'),
+    'channels_last': Option(_true_false_auto, 'auto', doc='channels-last memory format for the networks and image '
+                            'batches of training: true, false, or auto (default) = true on the CPU, where it is the '
+                            'fastest setting measured and trains the same weights, false on other devices '
+                            '(unmeasured there); docs/performance.md'),
     'keep_freed_memory': Option(bool, default=True, doc='CPU, glibc: keep freed activations in the process '
                                 'for the next step instead of unmapping them (saves page faults and zero-fill; '
                                 'peak RSS about the same)'),
@@ -138,6 +157,7 @@ class BaseModel(ImageValidation):
         self._trainable = OrderedDict()  # name -> parameters that learn, of the networks registered trainable
         self._setup_precision(self.opt['train'] if self.is_train else {})
         self.setup_networks()
+        self.setup_validation_tiling()  # val.tile checked against net_g before any training or testing
         if self.is_train:
             self.init_training_settings()
 
@@ -175,8 +195,12 @@ class BaseModel(ImageValidation):
             clip = clip or 0.01
         self.grad_clip = dict(max_norm=float(clip)) if isinstance(clip, (int, float)) else clip
         compile_opt = train_opt.get('compile')
-        self.speed = {'channels_last': bool(train_opt.get('channels_last')),
+        # inference models (train_opt {}) keep NCHW
+        self.speed = {'channels_last': channels_last_on(train_opt.get('channels_last', False), self.device),
                       'compile': ({} if compile_opt is True else dict(compile_opt or {})) if compile_opt else None}
+        if train_opt:
+            logger.info(f'train.channels_last: {train_opt.get("channels_last")}: networks and batches '
+                        f'{"channels-last" if self.speed["channels_last"] else "NCHW"} on {self.device.type}')
         if self.device.type == 'cpu' and train_opt.get('keep_freed_memory'):
             keep_freed_memory()  # else glibc unmaps and re-faults every step's activations (docs/performance.md)
 
@@ -499,9 +523,13 @@ class BaseModel(ImageValidation):
         """``models/<name>_<iter>.pth`` (or ``.safetensors``): ``params``, ``params_ema`` with EMA, and ``network``,
         the options :meth:`build_net` built it from (plain types only; none for networks built in code), so the file
         alone says what to build (:mod:`irtoolkit.inference.recognise`)."""
-        state = {'params': {k: v.detach().cpu() for k, v in bare(self.networks[name]).state_dict().items()}}
+        # contiguous: a file holds NCHW tensors whatever layout trained them (channels-last weights load into NCHW
+        # networks either way, but code that views a loaded tensor, e.g. a converter, would fail on strided ones)
+        state = {'params': {k: v.detach().cpu().contiguous() for k, v in
+                            bare(self.networks[name]).state_dict().items()}}
         if name in self.ema_networks:
-            state['params_ema'] = {k: v.detach().cpu() for k, v in self.ema_networks[name].state_dict().items()}
+            state['params_ema'] = {k: v.detach().cpu().contiguous() for k, v in
+                                   self.ema_networks[name].state_dict().items()}
         network = plain_options(self.net_options.get(name))
         if network:
             state['network'] = network

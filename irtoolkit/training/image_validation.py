@@ -2,10 +2,13 @@
 
 ``test`` runs the inference network (the EMA copy when there is one) in eval mode on the fed batch's ``lq``;
 ``validation`` scores every image with the options' metrics on the un-padded output, keeps the best value of each
-metric and logs it (rank 0 only); with ``val.save_best`` an improvement of the tracked metric saves the networks as
-``*_best`` (:meth:`ImageValidation.track_best`). A model whose validation is not about restored images (e.g. a
+metric and logs it (rank 0 only); with ``val.tile`` the network runs tile by tile
+(:mod:`irtoolkit.training.validation_tiling`: exact tiles give the whole-image metrics on images larger than
+memory); with ``val.save_best`` an improvement of the tracked metric saves the networks as ``*_best``
+(:meth:`ImageValidation.track_best`). A model whose validation is not about restored images (e.g. a
 prior trained alone) overrides ``validation`` and still uses :meth:`log_validation`.
 """
+import logging
 import os
 import os.path as osp
 from collections import OrderedDict
@@ -15,7 +18,8 @@ from basicsr.utils import imwrite, tensor2img
 from tqdm import tqdm
 
 from irtoolkit.metrics.calculate import MetricSet
-from irtoolkit.utils.dist import get_dist_info
+from irtoolkit.training.validation_tiling import TILE_OPTION, tile_settings
+from irtoolkit.utils.dist import bare, get_dist_info
 
 __all__ = ['ImageValidation']
 
@@ -29,19 +33,45 @@ class ImageValidation:
     process would give."""
 
     sharded_validation = True
+    OPTION_SCHEMA = {'val': {'tile': TILE_OPTION}}
+    val_tile = None  # TileSettings of val.tile (setup_validation_tiling); None: whole images
+
+    def setup_validation_tiling(self):
+        """Resolve ``val.tile`` once the networks exist: a setting ``net_g`` cannot run with (``exact: true`` without
+        an exact schedule, blended tiles no larger than their overlap) is a one-line option error now, not at the
+        first validation."""
+        self.val_tile = tile_settings(self.opt['val'].get('tile'), self.run.where())
+        if self.val_tile is not None and 'net_g' in self.networks:
+            forward = self.network_forward(bare(self.networks['net_g']))
+            self.val_tile.check(forward, self.run.where())
+            logging.getLogger('irtoolkit').info(self.val_tile.describe(forward))
+
+    def network_forward(self, net):
+        """The callable :meth:`test` applies to ``lq`` (B, C, H, W), tiled or not: ``net`` itself (a ConStyle network
+        computes its latent from ``lq`` inside). A model whose test feeds more than ``lq`` returns a callable of
+        ``lq`` here; exact tiling needs the network itself, so such a callable gets blended tiles."""
+        return net
 
     @torch.no_grad()
     def test(self):
         net = self.inference_net('net_g')
         was_training = net.training
         net.eval()
-        self.output = net(self.batch['lq'])
+        forward = self.network_forward(net)
+        if self.val_tile is None:
+            self.output = forward(self.batch['lq'])
+        else:
+            self.output = self.val_tile.restore(forward, self.batch['lq'])
         net.train(was_training)
 
     def get_current_visuals(self):
-        out = OrderedDict(lq=self.batch['lq'].detach().cpu(), result=self.output.detach().cpu())
+        """``lq``, ``result`` (and ``gt``) on the CPU, (B, C, H, W) contiguous: a training model's batches and
+        outputs are channels-last on the CPU by default (``train.channels_last``), metrics and image writers expect
+        NCHW."""
+        out = OrderedDict(lq=self.batch['lq'].detach().cpu().contiguous(),
+                          result=self.output.detach().cpu().contiguous())
         if self.batch.get('gt') is not None:
-            out['gt'] = self.batch['gt'].detach().cpu()
+            out['gt'] = self.batch['gt'].detach().cpu().contiguous()
         return out
 
     def validation(self, dataloader, current_iter, tb_logger=None, save_img=False, logger=None):

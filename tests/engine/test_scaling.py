@@ -55,7 +55,9 @@ def test_global_batch_split_three_ways_reaches_the_same_weights(tiny_data, in_tm
         weights = _params(in_tmp / f'experiments/{other}')
         diff = max((one[k] - weights[k]).abs().max().item() for k in one)
         moved = max((one[k] - torch.zeros_like(one[k])).abs().max().item() for k in one)
-        assert diff < 1e-5 * max(moved, 1), (other, diff)
+        # summation order differs between the three splits: 1.6e-5 measured on an AMD EPYC (2026-12-04), so 1e-5
+        # was one processor's margin; a wrong split (a micro-batch lost or counted twice) moves weights by ~lr
+        assert diff < 5e-5 * max(moved, 1), (other, diff)
 
 
 def test_global_batch_that_does_not_divide_is_one_line(tiny_data, in_tmp):
@@ -85,12 +87,20 @@ def test_validation_sharded_over_ranks_matches_one_process(tiny_data, in_tmp):
 
 
 def test_channels_last_trains_the_same_network(tiny_data, in_tmp):
-    run_train(['-opt', write_options(_recipe(tiny_data, 'plain', batch_size_per_gpu=4), in_tmp / 'plain.yml')])
+    """The CPU default (``train.channels_last: auto``, channels-last) and NCHW reach the same weights; the files
+    hold NCHW tensors either way."""
+    opt = _recipe(tiny_data, 'plain', batch_size_per_gpu=4)
+    opt['train']['channels_last'] = False
+    run_train(['-opt', write_options(opt, in_tmp / 'plain.yml')])
     opt = _recipe(tiny_data, 'cl', batch_size_per_gpu=4)
-    opt['train']['channels_last'] = True
+    assert 'channels_last' not in opt['train']  # the default
     run_train(['-opt', write_options(opt, in_tmp / 'cl.yml')])
+    assert 'train.channels_last: auto: networks and batches channels-last on cpu' in \
+        next((in_tmp / 'experiments/cl').glob('train_*.log')).read_text()
     a, b = _params(in_tmp / 'experiments/plain'), _params(in_tmp / 'experiments/cl')
-    assert set(a) == set(b) and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    assert all(v.is_contiguous() for v in b.values())
+    moved = max(b[k].abs().max().item() for k in b)
+    assert set(a) == set(b) and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4 * max(moved, 1)
 
 
 @pytest.mark.slow

@@ -156,3 +156,36 @@ def test_options_and_runner(tiny_data, in_tmp):
     assert '\n' not in str(err.value)
     with pytest.raises(OptionError, match=r'^train\.ConStyle_iter: renamed to constyle\.iter'):
         build_model(_opt(ConStyle_iter=2))  # a recipe built in code too
+
+
+def test_channels_last_trains_the_same_prior_queue_and_ema(tiny_data):
+    """The CPU default layout (channels-last) and NCHW reach the same state after 2 joint steps: network, prior,
+    momentum encoder, queue (and its pointer), BatchNorm statistics, EMA.
+
+    Only 2 steps, SGD, normalised InfoNCE: at batch 4 the joint step is chaotic (BatchNorm over 4 latents), so any
+    rounding difference grows: perturbing the NCHW weights by 1e-6 (relative) moves the queue by 1e-5, 7e-5, 7e-3,
+    3e-2 over 4 steps, the layout by 9e-6, 2e-5, 2e-3, 9e-2. After 2 steps both are below 1e-4; a layout mistake
+    (a wrong view, a transposed enqueue) is of the order of the values.
+    """
+    set_random_seed(0)
+    batches = [next(iter(_loader(tiny_data))) for _ in range(2)]
+    states = {}
+    for layout in ('auto', False):
+        set_random_seed(0)
+        model = build_model(_opt(channels_last=layout, ema_decay=0.9, optim_g={'type': 'SGD', 'lr': 0.01},
+                                 infonce_opt={'type': 'QueueInfoNCELoss', 'normalize': True},
+                                 style_opt={'type': 'StyleLoss', 'mode': 'bounded'}))
+        first_conv = bare(model.net_g).ConStyle.encoder_q.stage1[0][0].weight
+        assert first_conv.is_contiguous(memory_format=torch.channels_last) == (layout == 'auto')
+        for it, batch in enumerate(batches, 1):
+            model.feed_data(batch)
+            model.optimize_parameters(it)
+        assert 'l_infonce' in model.get_current_log()
+        states[layout] = ({k: v.clone() for k, v in bare(model.net_g).state_dict().items()},
+                          {k: v.clone() for k, v in model.ema_networks['net_g'].state_dict().items()})
+    for cl, nchw in zip(states['auto'], states[False]):
+        assert set(cl) == set(nchw) and 'ConStyle.queue' in cl
+        assert int(cl['ConStyle.queue_ptr']) == int(nchw['ConStyle.queue_ptr']) == 2 * 4
+        for k in cl:
+            scale = max(nchw[k].float().abs().max().item(), 1)
+            assert (cl[k].float() - nchw[k].float()).abs().max().item() < 1e-3 * scale, k

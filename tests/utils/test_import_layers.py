@@ -8,7 +8,7 @@ building blocks (archs, losses, data, metrics, contrastive) know nothing of mode
     archs                                   utils, contrastive
     inference                               utils, config, archs
     compat                                  utils, data (basicsr's LMDB backend goes through data.lmdb_env)
-    training                                utils, config, metrics
+    training                                utils, config, metrics, inference (validation tile by tile)
     models                                  the above but inference and compat
     engine                                  the above and models
     cli, train, test, the package itself    anything
@@ -30,7 +30,7 @@ MAY_IMPORT = {
     'archs': {'utils', 'contrastive'},
     'inference': {'utils', 'config', 'archs'},
     'compat': {'utils', 'data'},
-    'training': {'utils', 'config', 'metrics'},
+    'training': {'utils', 'config', 'metrics', 'inference'},
     'models': BLOCKS | {'training'},
     'engine': BLOCKS | {'training', 'models', 'inference'},
 }
