@@ -70,6 +70,9 @@ def main(argv=None):
                    help="tile size; 0 = whole image at once; auto = from the device's free memory (CUDA); on an "
                         'out-of-memory error the tile is halved and the image run again')
     p.add_argument('--tile-overlap', type=int, default=32)
+    p.add_argument('--tile-exact', choices=('auto', 'true', 'false'), default='auto',
+                   help="auto: the exact tile schedule when the network has one (output equal to the whole image's, "
+                        'docs/evaluation.md), else blended tiles; true: exact or an error; false: blended tiles')
     p.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass')
     p.add_argument('--tile-align', type=int, default=0,
                    help="tile grid multiple; 0 = the network's padder_size when it has one, else 1")
@@ -82,6 +85,7 @@ def main(argv=None):
     from tqdm import tqdm
     from irtoolkit.utils.image_io import images_by_stem, read_image, write_image
     from irtoolkit.inference.loader import load_network, network_options
+    from irtoolkit.inference.exact_tiling import supports_exact_tiling
     from irtoolkit.inference.tiling import tiled_forward_fit
     from irtoolkit.utils.dist import pick_device
     from irtoolkit.config.options import yaml_load
@@ -120,15 +124,21 @@ def main(argv=None):
     if not args.ckpt:
         print('warning: no --weights: the network is randomly initialised', file=sys.stderr)
     align = args.tile_align or int(getattr(net, 'padder_size', 1) or 1)
+    exact = {'auto': 'auto', 'true': True, 'false': False}[args.tile_exact]
+    if exact is True and not supports_exact_tiling(net):
+        print(f'error: --tile-exact true: {arch} has no exact tile schedule (docs/evaluation.md lists the networks '
+              'that have one); use --tile-exact auto or false', file=sys.stderr)
+        return 2
     print(f'{arch} on {device}; checkpoint {args.ckpt or "-"} [{used_key or "state dict"}]; '
-          f'tile {args.tile or "off"} overlap {args.tile_overlap} align {align}; {len(inputs)} image(s)')
+          f'tile {args.tile or "off"} exact {args.tile_exact} overlap {args.tile_overlap} align {align}; '
+          f'{len(inputs)} image(s)')
     os.makedirs(args.output, exist_ok=True)
     missing_gt = []
     start = time.perf_counter()
     for stem, path in tqdm(inputs.items(), unit='img', desc='infer', disable=args.no_progress):
         img = read_image(path)[None]  # stays on the CPU: each tile goes to the device when it runs
         out = tiled_forward_fit(net, img, args.tile, align=align, overlap=args.tile_overlap, device=device,
-                                batch_size=args.tile_batch, progress=not args.no_progress)[0].clamp(0, 1)
+                                batch_size=args.tile_batch, progress=not args.no_progress, exact=exact)[0].clamp(0, 1)
         write_image(osp.join(args.output, f'{stem}.png'), out)
         if args.compare:
             panels, labels = [img[0], out], ['input', arch]

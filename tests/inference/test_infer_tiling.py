@@ -194,3 +194,22 @@ def test_out_of_memory_halves_the_tile_and_runs_again():
     with pytest.raises(RuntimeError, match='shape mismatch'):  # other errors are not retried
         tiled_forward_fit(lambda x: (_ for _ in ()).throw(RuntimeError('shape mismatch')), img, 128, overlap=16,
                           device='cpu')
+
+
+def test_infer_tool_tiles_exactly_by_default(image_folder, tmp_path, capsys):
+    """``--tile-exact auto`` (the default) runs NAFNet's exact schedule: 8-bit rounding is the only difference to the
+    whole image; ``true`` on a network without a schedule is one line and exit status 2."""
+    net = _nafnet(7)
+    ckpt = tmp_path / 'n.pth'
+    atomic_save({'params': net.state_dict()}, str(ckpt))
+    one = str(image_folder / 'lq' / 'c0.png')
+    infer_tool.main(['--net', str(NAF_OPT), '--ckpt', str(ckpt), '--input', one, '--output', str(tmp_path / 'o'),
+                     '--tile', '32', '--no-progress'])
+    assert 'exact auto' in capsys.readouterr().out
+    with torch.inference_mode():
+        expected = net(read_image(one)[None])[0].clamp(0, 1)
+    assert (read_image(str(tmp_path / 'o' / 'c0.png')) - expected).abs().max().item() <= 1 / 255 + 1e-5
+    blended_only = {'type': 'ResnetGenerator', 'ngf': 8, 'num_blocks': 1}  # instance norm, no schedule
+    code = infer_tool.main(['--net', str(blended_only), '--input', one, '--output', str(tmp_path / 'o2'),
+                            '--tile', '32', '--tile-exact', 'true', '--no-progress'])
+    assert code == 2 and 'no exact tile schedule' in capsys.readouterr().err

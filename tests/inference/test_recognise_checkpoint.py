@@ -33,7 +33,9 @@ def _model(net_opt, fmt='pth', name='own'):
     """A RestorationModel (EMA on) built in code around ``net_opt``, its weights and EMA moved off their init."""
     torch.manual_seed(0)
     opt = {'name': name, 'model_type': 'RestorationModel', 'num_gpu': 0, 'network_g': net_opt,
-           'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'pixel_opt': {'type': 'L1Loss'}, 'ema_decay': 0.5},
+           # NCHW as the rebuilt network, so outputs compare bit for bit (layouts: test_model_features.py)
+           'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'pixel_opt': {'type': 'L1Loss'}, 'ema_decay': 0.5,
+                     'channels_last': False},
            'logger': {'checkpoint_format': fmt}}
     model = RestorationModel(opt)
     with torch.no_grad():
