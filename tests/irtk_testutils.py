@@ -1,7 +1,9 @@
 """Helpers shared by tests (importable because pyproject sets pytest's pythonpath to tests/)."""
 import copy
+import math
 import os.path as osp
 
+import torch
 import yaml
 
 from irtoolkit.config.recipe import load_recipe
@@ -122,3 +124,26 @@ def read_key_list(path):
             key, shape, dtype = line.rstrip('\n').split('\t')
             rows.append((key, tuple(int(s) for s in shape.strip('()').split(',') if s.strip()), dtype))
     return rows
+
+
+def train_iterations(model, data, iters, start=1):
+    """``iters`` real iterations of ``model`` (``optimize_parameters``) on batches drawn from the iterator ``data``."""
+    for it in range(start, start + iters):
+        model.feed_data(next(data))
+        model.optimize_parameters(it)
+
+
+def grad_norms(terms, groups):
+    """{term: {group: |d term / d params|}} for loss ``terms`` {name: tensor} and parameter ``groups`` {name: [params]},
+    through ``torch.autograd.grad``; a group the term does not reach gets 0."""
+    every = [p for params in groups.values() for p in params]
+    table = {}
+    for name, value in terms.items():
+        grads = torch.autograd.grad(value, every, retain_graph=True, allow_unused=True)
+        norms, i = {}, 0
+        for group, params in groups.items():
+            norms[group] = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads[i:i + len(params)]
+                                         if g is not None))
+            i += len(params)
+        table[name] = norms
+    return table

@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from irtk_testutils import NLCL_DEMO, shrink_recipe, write_options
+from irtk_testutils import NLCL_DEMO, grad_norms, shrink_recipe, train_iterations, write_options
 from torch.utils.data import default_collate
 
 from irtoolkit.config.options import parse_options
@@ -41,27 +41,6 @@ def batches(dataset, size=2, seed=0):
         yield default_collate([dataset[int(i)] for i in torch.randint(len(dataset), (size, ), generator=gen)])
 
 
-def train(model, data, iters):
-    for it in range(1, iters + 1):
-        model.feed_data(next(data))
-        model.optimize_parameters(it)
-
-
-def grad_norms(terms, groups):
-    """{term: {group: |d term / d params|}}; a group the term does not reach gets 0."""
-    every = [p for params in groups.values() for p in params]
-    table = {}
-    for name, value in terms.items():
-        grads = torch.autograd.grad(value, every, retain_graph=True, allow_unused=True)
-        norms, i = {}, 0
-        for group, params in groups.items():
-            norms[group] = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads[i:i + len(params)]
-                                         if g is not None))
-            i += len(params)
-        table[name] = norms
-    return table
-
-
 def show(table):
     groups = list(next(iter(table.values())))
     lines = ['term       ' + ' '.join(f'{g:>11}' for g in groups)]
@@ -82,7 +61,7 @@ def test_g_step_term_gradients_after_training(tiny_data, in_tmp, layer_head):
     reconstruction reaches both generators, fidelity G_B only; no G-step term reaches a head it does not use. D is
     in the graph of the GAN and layer terms but is not an optimiser of the G step."""
     model, data = build(in_tmp, tiny_data, layer_head=layer_head)
-    train(model, batches(data), 3)
+    train_iterations(model, batches(data), 3)
     batch = next(batches(data, seed=1))
     o, clean = batch['lq'], batch['gt']
     b = model.net_g(o)
@@ -147,7 +126,7 @@ def test_layer_term_solved_by_separate_heads_not_by_a_shared_one(tiny_data, in_t
     start). Both directions are asserted, so the test tells the two apart."""
     model, data = build(in_tmp, tiny_data, layer_head=layer_head)
     seed(0)
-    train(model, batches(data), 3)
+    train_iterations(model, batches(data), 3)
     o = next(batches(data, seed=100))['lq']
     (v0, g0), (v1, g1) = layer_grad_when_only_heads_learn(model, o, 20, model.opt['train']['optim_heads']['lr'])
     msg = f'{layer_head}: layer term {v0:.3f} -> {v1:.3f}, |grad on G| {g0:.3e} -> {g1:.3e} ({g1 / g0:.3f})'
@@ -165,7 +144,7 @@ def test_layer_term_keeps_reaching_g_over_training(tiny_data, in_tmp, layer_head
     head of the order of it (measured 1.3), with separate heads nil (measured ~1e-4: the heads solved it). Both
     asserted, so that the test tells the two apart."""
     model, data = build(in_tmp, tiny_data, layer_head=layer_head)
-    train(model, batches(data), 20)
+    train_iterations(model, batches(data), 20)
     batch = next(batches(data, seed=1))
     table = grad_norms(model.g_losses(batch['lq'], batch['gt'], model.net_g(batch['lq'])), groups_of(model))
     ratio = table['layer']['g'] / table['location']['g']
@@ -187,7 +166,7 @@ def test_release_head_training(tiny_data, in_tmp):
     lr = model.opt['train']['optim_heads']['lr']
     assert model.learning_networks('heads') == ('net_h_rain', )
     assert all(g['lr'] == pytest.approx(2 * lr) for g in model.optimizers['heads'].param_groups)
-    train(model, batches(data), 2)
+    train_iterations(model, batches(data), 2)
     for name, before in init.items():
         same = all(torch.equal(a, b) for a, b in zip(model.networks[name].parameters(), before))
         assert same == (name != 'net_h_rain'), name

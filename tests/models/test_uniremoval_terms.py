@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 import torch
-from irtk_testutils import (REPO, UNIREMOVAL_DEMO_STAGE1, UNIREMOVAL_DEMO_STAGE2, shrink_recipe, uniremoval_teachers,
-                            write_options)
+from irtk_testutils import (REPO, UNIREMOVAL_DEMO_STAGE1, UNIREMOVAL_DEMO_STAGE2, grad_norms, shrink_recipe,
+                            train_iterations, uniremoval_teachers, write_options)
 from torch.utils.data import default_collate
 
 from irtoolkit.config.options import parse_options
@@ -45,27 +45,6 @@ def batches(dataset, size, labels=None, seed=0):
         if labels is not None:
             batch['deg_type'] = list(labels)
         yield batch
-
-
-def train(model, data, iters, start=1):
-    for it in range(start, start + iters):
-        model.feed_data(next(data))
-        model.optimize_parameters(it)
-
-
-def grad_norms(terms, groups):
-    """{term: {group: |d term / d params|}}; a group the term does not reach gets 0."""
-    every = [p for params in groups.values() for p in params]
-    table = {}
-    for name, value in terms.items():
-        grads = torch.autograd.grad(value, every, retain_graph=True, allow_unused=True)
-        norms, i = {}, 0
-        for group, params in groups.items():
-            g = grads[i:i + len(params)]
-            i += len(params)
-            norms[group] = math.sqrt(sum(float((x.double() ** 2).sum()) for x in g if x is not None))
-        table[name] = norms
-    return table
 
 
 def show(table):
@@ -103,7 +82,7 @@ def test_stage1_term_gradients_after_training(tiny_data, in_tmp, teachers):
     here, the teachers would be reached by the image grain alone (the student's output is encoded by its teacher);
     every other term takes their features as constants."""
     model, data = stage1(tiny_data, in_tmp, teachers)
-    train(model, batches(data, 3, LABELS), 3)
+    train_iterations(model, batches(data, 3, LABELS), 3)
     batch = next(batches(data, 3, ['rain'] * 3, seed=1))  # one label: haze and blur teachers only give negatives
     teacher_params = [p for t in model.teachers for p in t.parameters()]
     for p in teacher_params:  # let autograd see them: any graph through a teacher would give them a gradient
@@ -192,7 +171,7 @@ def test_stage1_feature_grain_leaves_chance(tiny_data, in_tmp, teachers, project
     probe = next(batches(data, 3, LABELS, seed=7))
     before, chance = feature_infonce(model, probe)
     seed(0)
-    train(model, batches(data, 3, LABELS), 40)
+    train_iterations(model, batches(data, 3, LABELS), 40)
     after, _ = feature_infonce(model, probe)
     msg = f'{projector}: InfoNCE {before:.3f} -> {after:.3f}, chance {chance:.3f}'
     if projector == 'tklmr':
@@ -215,7 +194,7 @@ def test_stage2_term_gradients_after_training(tiny_data, in_tmp):
     tiny set's degraded and clean images are alike), asserted > 0.1 %; the GAN term reaches the student and D; no
     G-step term reaches the momentum copies (keys are computed without a graph); the D step reaches D only."""
     model, data = stage2(tiny_data, in_tmp)
-    train(model, batches(data, 2), 3)
+    train_iterations(model, batches(data, 2), 3)
     batch = next(batches(data, 2, seed=1))
     x, clean = batch['lq'], batch['gt']
     momentum = [p for n in ('net_d_m', 'net_cluster_m') for p in model.networks[n].parameters()]
@@ -269,7 +248,7 @@ def test_stage2_keys_follow_the_encoder(tiny_data, in_tmp):
     for momentum in (m, 0.999):
         model, data = stage2(tiny_data, in_tmp, iters=iters, key_momentum=momentum)
         initial = {k: p.detach().clone() for k, p in model.networks['net_d_m'].named_parameters()}
-        train(model, batches(data, 2), iters)
+        train_iterations(model, batches(data, 2), iters)
         left[momentum] = (init_left(model, initial), key_agreement(model, next(batches(data, 4, seed=3))['gt']))
     msg = f'(fraction of the init left, key cosine momentum vs live) after {iters} iterations: {left}'
     assert left[m][0] < 0.75 and left[0.999][0] > 0.9, msg
