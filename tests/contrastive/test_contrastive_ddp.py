@@ -11,7 +11,7 @@ import torch
 from irtk_testutils import SMALL_NAFNET, TESTS, UNIREMOVAL_LABELS
 
 WORKER = r'''
-import json, sys
+import gc, json, sys
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -50,6 +50,8 @@ for name, (recipe, size, extra) in recipes.items():
         assert torch.equal(other[0], other[1]), (name, key, (other[0] - other[1]).abs().max().item())
         assert not any(k.startswith('module.') for k in bare(net).state_dict()), (name, key)
     print(f'rank {rank} {name}: {len(m.networks)} networks in sync', flush=True)
+del m, net  # DDP wrappers before the group: a live reducer at teardown can abort the process at exit
+gc.collect()
 dist.barrier()  # gloo aborts if a rank tears down while the other is still in a collective
 dist.destroy_process_group()
 '''

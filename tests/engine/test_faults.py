@@ -205,6 +205,7 @@ def test_fp16_scaler_skips_are_not_errors(tiny_data, in_tmp):
 
 
 RANKS = r'''
+import gc
 import sys
 import torch
 import torch.distributed as dist
@@ -226,6 +227,8 @@ try:
     print(f'rank {rank} stepped', flush=True)
 except NonFiniteError as err:
     print(f'rank {rank} stopped: {err}', flush=True)
+del model  # DDP wrappers before the group (see irtoolkit.engine.runner.train)
+gc.collect()
 dist.barrier()
 dist.destroy_process_group()
 '''

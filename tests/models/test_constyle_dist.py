@@ -14,6 +14,7 @@ NET = {'type': 'ConStyleNAFNet', 'dim': 8, 'left_blk_num': [1, 1, 1], 'bottom_bl
        'right_blk_num': [1, 1, 1], 'constyle_opt': {'K': 10}}
 
 SCRIPT = textwrap.dedent('''
+    import gc
     import torch, torch.distributed as dist
     import irtoolkit
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -41,6 +42,8 @@ SCRIPT = textwrap.dedent('''
         assert torch.equal(parts[0], parts[1]), key
     assert int(state['ConStyle.queue_ptr']) == (3 * 2 * 2) % 10
     open(f'queue_ok_{rank}', 'w').close()  # a file: the two ranks' stdout may interleave
+    del ddp, net  # the DDP wrapper before the group: a live reducer at teardown can abort the process at exit
+    gc.collect()
     dist.barrier()  # gloo aborts ('terminate called without an active exception') if a rank tears down early
     dist.destroy_process_group()
 ''')

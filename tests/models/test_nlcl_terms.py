@@ -175,6 +175,7 @@ def test_release_head_training(tiny_data, in_tmp):
 
 
 DDP_WORKER = r'''
+import gc
 import sys
 import torch
 import torch.distributed as dist
@@ -202,6 +203,8 @@ for name, nlcl in (('shared', {'layer_head': 'shared'}), ('release', {'head_trai
         dist.all_gather(other, flat)
         assert torch.equal(other[0], other[1]), (name, key)
     print(f'rank {rank} {name}: {len(m.networks)} networks in sync', flush=True)
+del m, net  # DDP wrappers before the group: a live reducer at teardown can abort the process at exit
+gc.collect()
 dist.barrier()
 dist.destroy_process_group()
 '''
