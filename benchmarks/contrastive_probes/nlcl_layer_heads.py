@@ -9,50 +9,23 @@ Adam steps per iteration (the official release's optimiser mis-wiring). Printed 
 separated minimum (each class collapsed to one point, the two opposite) and the norm of its gradient on G_B + G_R
 parameters; plus the other G terms' gradient norms for scale."""
 import os
-import random
 import sys
 
-import numpy as np
 import torch
-import yaml
-from torch.utils.data import default_collate
+from probe_setup import overrides, probe_model, start
 
+from irtoolkit.config.recipe import load_recipe
+from irtoolkit.contrastive.heads import PatchProjectionHeads
+from irtoolkit.contrastive.training import embed_patches
+from irtoolkit.losses.supcon_loss import supcon
 
-def write_options(opt, path):
-    with open(path, 'w') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
-    return str(path)
-
-
-from irtoolkit.config.options import parse_options  # noqa: E402
-from irtoolkit.config.recipe import load_recipe  # noqa: E402
-from irtoolkit.contrastive.heads import PatchProjectionHeads  # noqa: E402
-from irtoolkit.contrastive.training import embed_patches  # noqa: E402
-from irtoolkit.engine.data import build_dataset  # noqa: E402
-from irtoolkit.losses.supcon_loss import supcon  # noqa: E402
-from irtoolkit.utils.registry import build_model  # noqa: E402
-
-torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', 2)))
-random.seed(0)  # the dataset's crops
-np.random.seed(0)
 WARM, STEPS = int(os.environ.get('REPRO_WARM', 10)), int(os.environ.get('REPRO_STEPS', 20))
 OUT = 'results/contrastive_probes/nlcl_layer_heads'
-os.makedirs(OUT, exist_ok=True)
+start(OUT)
 opt = load_recipe('options/train/NLCL/demo_NLCL_rain.yml')
-del opt['datasets']['val']
-opt['val'] = {'val_freq': 10 ** 9}
 opt['nlcl']['d_warmup_iter'] = 0
-extra = dict(a.split('=', 1) for a in sys.argv[1:])  # e.g. layer_head=shared (the model's own heads in training)
-opt['nlcl'].update(extra)
-torch.manual_seed(0)
-model = build_model(parse_options(write_options(opt, f'{OUT}/nlcl.yml'), True))
-ds = build_dataset(parse_options(f'{OUT}/nlcl.yml', True)['datasets']['train'], 'datasets.train')
-gen = torch.Generator().manual_seed(0)
-
-
-def batch():
-    return default_collate([ds[int(i)] for i in torch.randint(len(ds), (2, ), generator=gen)])
-
+extra = overrides()  # e.g. layer_head=shared (the model's own heads in training)
+model, batch = probe_model(opt, 'nlcl', f'{OUT}/nlcl.yml', batch_size=2)
 
 for it in range(1, WARM + 1):
     model.feed_data(batch())

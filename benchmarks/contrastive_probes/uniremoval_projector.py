@@ -10,36 +10,20 @@ Teachers: the demo's teacher architecture with distinct random weights (stand-in
 here). Data: the demo LMDBs (datasets/demo)."""
 import math
 import os
-import random
-import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
+from probe_setup import overrides, probe_model, start
 from torch import nn
-from torch.utils.data import default_collate
 
+from irtoolkit.config.recipe import load_recipe
+from irtoolkit.contrastive.heads import FeatureProjector
+from irtoolkit.contrastive.samplers import RandomPatchSampler, gather
+from irtoolkit.utils.registry import build_network
 
-def write_options(opt, path):
-    with open(path, 'w') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
-    return str(path)
-
-
-from irtoolkit.config.options import parse_options  # noqa: E402
-from irtoolkit.config.recipe import load_recipe  # noqa: E402
-from irtoolkit.contrastive.heads import FeatureProjector  # noqa: E402
-from irtoolkit.contrastive.samplers import RandomPatchSampler, gather  # noqa: E402
-from irtoolkit.engine.data import build_dataset  # noqa: E402
-from irtoolkit.utils.registry import build_model, build_network  # noqa: E402
-
-torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', 2)))
-random.seed(0)  # the dataset's crops
-np.random.seed(0)
 ITERS = int(os.environ.get('REPRO_ITERS', 60))
 OUT = 'results/contrastive_probes/uniremoval_projector'
-os.makedirs(OUT, exist_ok=True)
+start(OUT)
 opt = load_recipe('options/train/UniRemoval/demo_UniRemoval_stage1.yml')
 for i, t in enumerate(opt['uniremoval']['teachers']):
     path = f'{OUT}/teacher_{t["label"]}.pth'
@@ -50,22 +34,10 @@ for i, t in enumerate(opt['uniremoval']['teachers']):
             p.data.add_(0.05 * torch.randn_like(p))
         torch.save({'params': net.state_dict()}, path)
     t['checkpoint'] = path
-for k in [k for k in opt['datasets'] if k.startswith('val')]:
-    del opt['datasets'][k]
-opt['val'] = {'val_freq': 10 ** 9}
 opt['train']['total_iter'] = ITERS
 opt['train']['scheduler']['periods'] = [ITERS]
-extra = dict(a.split('=', 1) for a in sys.argv[1:])  # e.g. projector=pointwise
-opt['uniremoval'].update(extra)
-torch.manual_seed(0)
-model = build_model(parse_options(write_options(opt, f'{OUT}/stage1.yml'), True))
-ds = build_dataset(parse_options(f'{OUT}/stage1.yml', True)['datasets']['train'], 'datasets.train')
-gen = torch.Generator().manual_seed(0)
-batch_size = opt['datasets']['train']['batch_size_per_gpu']
-
-
-def batch():
-    return default_collate([ds[int(i)] for i in torch.randint(len(ds), (batch_size,), generator=gen)])
+extra = overrides()  # e.g. projector=pointwise
+model, batch = probe_model(opt, 'uniremoval', f'{OUT}/stage1.yml')
 
 
 P, T = opt['uniremoval']['num_patches'], len(opt['uniremoval']['teachers'])
