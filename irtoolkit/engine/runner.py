@@ -149,17 +149,24 @@ def fresh_experiment_dir(run):
 
 
 class StopFlag:
-    """SIGTERM (SLURM pre-emption, ``kill``) asks for a checkpoint at the end of the current iteration."""
+    """SIGTERM (SLURM pre-emption, ``kill``) asks for a checkpoint at the end of the current iteration. The handler
+    before the run comes back when it ends (:meth:`restore`): a process that trains in-process (a notebook, a test
+    session) stays killable afterwards."""
 
     def __init__(self):
-        self.raised = False
+        self.raised, self.previous = False, None
         try:
-            signal.signal(signal.SIGTERM, self._handler)
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
         except ValueError:  # not the main thread
             pass
 
     def _handler(self, *_):
         self.raised = True
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
 
     def should_stop(self):
         if dist_util.get_dist_info()[1] > 1:
@@ -428,6 +435,8 @@ def train(argv=None):
     try:
         trainer.run()
     finally:
+        if hasattr(trainer, 'stop'):  # made in prepare(): restored also after an error close() did not see
+            trainer.stop.restore()
         # the process group goes only after the trainer's DDP wrappers: a gloo group torn down under a live DDP
         # reducer aborts the process at exit ('terminate called without an active exception'; 3 runs in 30 of
         # the NLCL heads DDP test's worker under load, none in 50 once the models were freed first)

@@ -59,3 +59,29 @@ def test_resume_is_exact(tiny_data, in_tmp):
     for key in ('params', 'params_ema'):
         diff = max((a[key][k].float() - b[key][k].float()).abs().max().item() for k in a[key])
         assert diff == 0.0, f'{key}: max weight difference {diff}'
+
+
+def test_sigterm_handler_is_given_back_after_training(tiny_data, in_tmp, monkeypatch):
+    """Training in-process (a notebook, a test session) takes SIGTERM for its checkpoint-then-stop; once the run
+    has ended the process's own handler is back, so a later SIGTERM kills it as before (also after a failed run)."""
+    import signal
+
+    def mine(*_):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        run_train(['-opt', write_options(shrink_recipe(tiny_data, 'sig', 2), in_tmp / 'train.yml')])
+        assert signal.getsignal(signal.SIGTERM) is mine
+        from irtoolkit.engine.runner import Trainer
+
+        def fails(self):
+            assert signal.getsignal(signal.SIGTERM) is not mine  # the run's own handler is in place meanwhile
+            raise KeyError('a bug in the middle of an epoch')
+
+        monkeypatch.setattr(Trainer, 'train_epoch', fails)
+        with pytest.raises(KeyError, match='a bug'):
+            run_train(['-opt', write_options(shrink_recipe(tiny_data, 'sigbad', 2), in_tmp / 'bad.yml')])
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
