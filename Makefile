@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# make test: every test (a few minutes on 2 CPU cores); make test-fast: without the end-to-end runs marked slow
+# make test: every test (~6.5 min on 2 CPU cores, 8 serially); make test-fast: without the end-to-end runs marked
+# slow. TEST_WORKERS pytest-xdist processes of one thread each (0: one serial process of two threads).
+TEST_WORKERS ?= 2
 test: setup
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) tests
 
 test-fast: setup
-	$(VPY) -m pytest -q -m "not slow" tests
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 # make demo [DEG=haze|rain|noise|blur] [ITERS=N] [DEVICE=auto|cpu|cuda]
 DEG ?= haze

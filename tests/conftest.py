@@ -4,7 +4,8 @@ import os
 import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('OMP_NUM_THREADS', '2')
+# one thread per pytest-xdist worker (`make test` runs two on the two cores), two for a serial run
+os.environ.setdefault('OMP_NUM_THREADS', '1' if os.environ.get('PYTEST_XDIST_WORKER') else '2')
 # Threads that wait for the other one sleep instead of spinning: with the 2 cores shared by other processes, spinning
 # OpenMP barriers made the CPU tests several times slower.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')

@@ -2,6 +2,7 @@
 import copy
 import math
 import os.path as osp
+import socket
 
 import torch
 import yaml
@@ -147,3 +148,11 @@ def grad_norms(terms, groups):
             i += len(params)
         table[name] = norms
     return table
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now, for a test's torchrun / process group: fixed ports collide when two tests run
+    at once (``make test`` runs two pytest-xdist workers) or another run on the machine holds one."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from irtk_testutils import SMALL_NAFNET, TESTS, UNIREMOVAL_LABELS
+from irtk_testutils import SMALL_NAFNET, TESTS, UNIREMOVAL_LABELS, free_port
 
 WORKER = r'''
 import gc, json, sys
@@ -68,7 +68,7 @@ def test_contrastive_models_synchronise_every_trainable_module(tiny_data, in_tmp
         torch.save({'params': net.state_dict()}, teachers[lab])
     (in_tmp / 'worker.py').write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=TESTS)  # irtk_testutils; irtoolkit is installed
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29657',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
            str(in_tmp / 'worker.py'), str(tiny_data), str(in_tmp), json.dumps(teachers)]
     proc = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr

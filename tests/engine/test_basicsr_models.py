@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from irtk_testutils import REPO, write_options
+from irtk_testutils import REPO, free_port, write_options
 
 from irtoolkit.data.tiny import make_tiny_pairs
 from irtoolkit.engine.basicsr_models import attribute_snapshot, has_basicsr_interface, training_attributes
@@ -365,7 +365,7 @@ def _train_on_two_ranks(opt_path, cwd, port):
 
 @pytest.mark.slow
 def test_basicsr_srmodel_under_torchrun(sr_data, in_tmp):
-    _train_on_two_ranks(write_options(sr_recipe(sr_data, 'ddp', total_iter=4), in_tmp / 'ddp.yml'), in_tmp, 29687)
+    _train_on_two_ranks(write_options(sr_recipe(sr_data, 'ddp', total_iter=4), in_tmp / 'ddp.yml'), in_tmp, free_port())
     assert (in_tmp / 'experiments/ddp/models/net_g_latest.pth').is_file()
 
 
@@ -374,7 +374,7 @@ def test_basicsr_realesrnet_under_torchrun_and_its_queue_on_resume(x4_data, in_t
     """DDP on the CPU (gloo): each rank degrades its own batches into its own queue; the training state (written by
     rank 0) names the queue but holds none, and a resume (here on one process) says so and builds the queue anew."""
     path = write_options(realesr_recipe(x4_data, 'ddp_resr', total_iter=2), in_tmp / 'ddp.yml')
-    _train_on_two_ranks(path, in_tmp, 29689)
+    _train_on_two_ranks(path, in_tmp, free_port())
     exp = in_tmp / 'experiments/ddp_resr'
     state = torch.load(exp / 'training_states/2.state', weights_only=True)
     assert state['world_size'] == 2 and state['model_attributes']['queue_lr'] is None

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from irtk_testutils import REPO, shrink_recipe, write_options
+from irtk_testutils import REPO, free_port, shrink_recipe, write_options
 
 from irtoolkit.engine.runner import WorkerDiedError
 from irtoolkit.engine.runner import train as run_train
@@ -239,7 +239,7 @@ def test_ranks_decide_together(tiny_data, in_tmp):
     """A NaN on one rank stops every rank at the same step: no hang, no rank stepping alone."""
     (in_tmp / 'ranks.py').write_text(RANKS)
     path = write_options(_opt(tiny_data, 'ranks', 4), in_tmp / 'ranks.yml')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29671',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
            str(in_tmp / 'ranks.py'), path]
     proc = subprocess.run(cmd, cwd=in_tmp, capture_output=True, text=True, timeout=240,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))

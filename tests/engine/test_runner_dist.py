@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from irtk_testutils import REPO, shrink_recipe, write_options
+from irtk_testutils import REPO, free_port, shrink_recipe, write_options
 
 pytestmark = pytest.mark.slow  # every test starts training processes
 
@@ -15,7 +15,7 @@ def test_torchrun_two_process_gloo(tiny_data, in_tmp):
     opt['datasets']['train']['batch_size_per_gpu'] = 2
     opt_path = write_options(opt, in_tmp / 'ddp.yml')
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29623',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
            os.path.join(REPO, 'irtoolkit/train.py'), '-opt', opt_path, '--launcher', 'pytorch']
     proc = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr
@@ -31,7 +31,7 @@ def test_slurm_launcher_reads_slurm_environment(tiny_data, in_tmp):
     """Two tasks as srun would start them: rank/world/master from SLURM_* variables (gloo on CPU)."""
     opt = shrink_recipe(tiny_data, 'slurm2', 4)
     opt['datasets']['train']['batch_size_per_gpu'] = 2
-    opt['dist_params'] = {'port': 29641}
+    opt['dist_params'] = {'port': free_port()}
     opt_path = write_options(opt, in_tmp / 'slurm.yml')
     procs = []
     for rank in range(2):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from irtk_testutils import REPO, shrink_recipe, write_options
+from irtk_testutils import REPO, free_port, shrink_recipe, write_options
 
 from irtoolkit.engine.runner import test as run_test
 from irtoolkit.engine.runner import train as run_train
@@ -48,7 +48,7 @@ def test_global_batch_split_three_ways_reaches_the_same_weights(tiny_data, in_tm
     log = next((in_tmp / 'experiments/acc').glob('train_*.log')).read_text()
     assert 'batch 2 x 1 rank(s) x 2 accumulation step(s) = 4 per iteration' in log
     ddp = write_options(_recipe(tiny_data, 'ddp', batch_size_per_gpu=4), in_tmp / 'ddp.yml')
-    out = _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', ddp, '--launcher', 'pytorch'], in_tmp, 29691)
+    out = _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', ddp, '--launcher', 'pytorch'], in_tmp, free_port())
     assert 'batch 2 x 2 rank(s) x 1 accumulation step(s) = 4 per iteration' in out
     one = _params(in_tmp / 'experiments/one')
     for other in ('acc', 'ddp'):
@@ -81,7 +81,7 @@ def test_validation_sharded_over_ranks_matches_one_process(tiny_data, in_tmp):
     path = write_options(test_opt, in_tmp / 'test.yml')
     one = run_test(['-opt', path])
     _torchrun([f'{REPO}/irtoolkit/test.py', '-opt', path, '--launcher', 'pytorch',
-               '--force_yml', 'name=shard2'], in_tmp, 29693)
+               '--force_yml', 'name=shard2'], in_tmp, free_port())
     two = json.loads((in_tmp / 'results/shard2/metrics.json').read_text())
     assert two == one and one['tiny_val']['psnr'] > 10
 
@@ -134,11 +134,11 @@ def _two_nodes(opt_path, cwd, port, *extra):
 def test_two_nodes_train_and_resume_exactly(tiny_data, in_tmp):
     """Two torchrun 'nodes' (NNODES=2, NODE_RANK, MASTER_ADDR) train; stopped and resumed, the same weights."""
     whole = write_options(_recipe(tiny_data, 'nodes', batch_size_per_gpu=4), in_tmp / 'nodes.yml')
-    outs = _two_nodes(whole, in_tmp, 29701)
+    outs = _two_nodes(whole, in_tmp, free_port())
     assert 'world size 2, launcher pytorch' in outs[0]
     part = write_options(_recipe(tiny_data, 'nodes_part', batch_size_per_gpu=4), in_tmp / 'part.yml')
-    _two_nodes(part, in_tmp, 29703, '--force_yml', 'train.total_iter=3')
-    _two_nodes(part, in_tmp, 29705, '--auto_resume')
+    _two_nodes(part, in_tmp, free_port(), '--force_yml', 'train.total_iter=3')
+    _two_nodes(part, in_tmp, free_port(), '--auto_resume')
     a, b = _params(in_tmp / 'experiments/nodes'), _params(in_tmp / 'experiments/nodes_part')
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -161,16 +161,16 @@ def test_resume_on_another_world_size_is_exact(tiny_data, in_tmp):
     out = _one_process(whole, in_tmp)
     assert 'batch 2 x 1 rank(s) x 2 accumulation step(s) = 4 per iteration' in out
     ddp = write_options(_recipe(tiny_data, 'ws_ddp', batch_size_per_gpu=2), in_tmp / 'ws_ddp.yml')
-    _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', ddp, '--launcher', 'pytorch'], in_tmp, 29711)
+    _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', ddp, '--launcher', 'pytorch'], in_tmp, free_port())
     two_to_one = write_options(_recipe(tiny_data, 'ws_2to1', batch_size_per_gpu=2), in_tmp / 'ws_2to1.yml')
     _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', two_to_one, '--launcher', 'pytorch', '--force_yml',
-               'train.total_iter=3'], in_tmp, 29713)
+               'train.total_iter=3'], in_tmp, free_port())
     out = _one_process(two_to_one, in_tmp, '--auto_resume')
     assert 'iter 3 (saved by 2 rank(s), resumed on 1)' in out
     one_to_two = write_options(_recipe(tiny_data, 'ws_1to2', batch_size_per_gpu=2), in_tmp / 'ws_1to2.yml')
     _one_process(one_to_two, in_tmp, '--force_yml', 'train.total_iter=3')
     out = _torchrun([f'{REPO}/irtoolkit/train.py', '-opt', one_to_two, '--launcher', 'pytorch', '--auto_resume'],
-                    in_tmp, 29715)
+                    in_tmp, free_port())
     assert 'iter 3 (saved by 1 rank(s), resumed on 2)' in out
     ref = _params(in_tmp / 'experiments/ws_whole')
     moved = torch.load(in_tmp / 'experiments/ws_2to1/models/net_g_3.pth', weights_only=True)['params']

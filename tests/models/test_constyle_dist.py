@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 import pytest
-from irtk_testutils import REPO, shrink_recipe, write_options
+from irtk_testutils import REPO, free_port, shrink_recipe, write_options
 
 pytestmark = pytest.mark.slow  # every test starts two processes through torchrun
 
@@ -61,7 +61,7 @@ def _torchrun(args, cwd, port):
 def test_queue_identical_on_every_rank(in_tmp):
     script = in_tmp / 'ddp_queue.py'
     script.write_text(f'NET = {NET!r}\n' + SCRIPT)
-    _torchrun([str(script)], in_tmp, 29671)
+    _torchrun([str(script)], in_tmp, free_port())
     assert (in_tmp / 'queue_ok_0').is_file() and (in_tmp / 'queue_ok_1').is_file()
 
 
@@ -75,6 +75,7 @@ def test_constyle_model_freezes_under_ddp(tiny_data, in_tmp):
     opt['logger'].update(print_freq=1, save_checkpoint_freq=5)
     opt['val']['val_freq'] = 5
     path = write_options(opt, in_tmp / 'cs_ddp.yml')
-    out = _torchrun([os.path.join(REPO, 'irtoolkit/train.py'), '-opt', path, '--launcher', 'pytorch'], in_tmp, 29673)
+    out = _torchrun([os.path.join(REPO, 'irtoolkit/train.py'), '-opt', path, '--launcher', 'pytorch'], in_tmp,
+                    free_port())
     assert 'ConStyle frozen at iter 3' in out
     assert 'l_infonce' in out and (in_tmp / 'experiments/cs_ddp/models/net_g_5.pth').is_file()

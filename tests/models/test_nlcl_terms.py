@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from irtk_testutils import NLCL_DEMO, grad_norms, shrink_recipe, train_iterations, write_options
+from irtk_testutils import NLCL_DEMO, free_port, grad_norms, shrink_recipe, train_iterations, write_options
 from torch.utils.data import default_collate
 
 from irtoolkit.config.options import parse_options
@@ -215,15 +215,12 @@ def test_shared_and_release_heads_under_ddp(tiny_data, in_tmp):
     """Two CPU processes: the shared layer head (one DDP module used for both sets) and the release's frozen heads
     (not DDP-wrapped: the model broadcasts rank 0's initialisation) stay identical on both ranks."""
     import os
-    import socket
     import subprocess
     import sys
 
     from irtk_testutils import TESTS
     (in_tmp / 'worker.py').write_text(DDP_WORKER)
-    with socket.socket() as sock:  # a free port: other test runs may hold a fixed one
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=TESTS)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
            str(in_tmp / 'worker.py'), str(tiny_data), str(in_tmp)]
