@@ -118,6 +118,8 @@ for _name, _files in [
     ('topiq_fr', [_hf('timm/resnet50.a1_in1k'), _iqa('cfanet_fr_kadid_res50-2c4cc61d.pth')]),
     ('topiq_nr', [_hf('timm/resnet50.a1_in1k'), _iqa('cfanet_nr_koniq_res50-9a73138b.pth')]),
     ('fid', [_iqa('pt_inception-2015-12-05-6726825d.pth')]),
+    ('clipiqa', [WeightFile('RN50.pt', 'https://openaipublic.azureedge.net/clip/models/'
+                            'afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt')]),
 ]:
     register_weights(f'metric {_name}', _files)
 register_weights('metric niqe', [], "built in: basicsr's niqe_pris_params.npz (niqe_modelparameters.mat in the "
@@ -231,6 +233,9 @@ def offline_weights(purpose):
     if 'pyiqa' in sys.modules or 'timm' in sys.modules:  # timm's hub modules load lazily, inside pyiqa metrics
         import timm.models._builder  # noqa: F401
         import timm.models._hub  # noqa: F401
+    if 'pyiqa' in sys.modules:  # so do pyiqa's CLIP loaders (CLIP-IQA, ...), which download with their own urllib
+        import pyiqa.archs.afineclip_model  # noqa: F401
+        import pyiqa.archs.clip_model  # noqa: F401
     with _PATCH_LOCK:
         _install_hooks()
         _ACTIVE.append(purpose)

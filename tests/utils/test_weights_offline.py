@@ -59,6 +59,17 @@ def test_pyiqa_metric_without_weights_fails_naming_the_file(empty_weights, metri
     assert f'pyiqa metric {metric} needs weight file {filename}: put it in {empty_weights}' in str(err.value)
 
 
+def test_clip_metrics_fail_naming_the_file_in_a_fresh_process(empty_weights):
+    """pyiqa's CLIP loader is imported only when a CLIP metric is built, and downloads with urllib itself: its hook
+    must be in place before that import (a fresh process, so no earlier test has imported it)."""
+    import subprocess
+    import sys
+    code = ('from irtoolkit.utils.pyiqa_offline import build_pyiqa_metric\n'
+            'try:\n    build_pyiqa_metric("clipiqa")\nexcept Exception as e:\n    print(type(e).__name__, e)\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120).stdout
+    assert f'MissingWeightsError pyiqa metric clipiqa needs weight file RN50.pt: put it in {empty_weights}' in out, out
+
+
 def test_requirements_table_matches_what_metrics_ask_for_first(empty_weights, monkeypatch):
     """The irtk-weights listing is only useful if it is right: each metric's first file is what it asks for.
 
