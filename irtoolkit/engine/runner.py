@@ -432,17 +432,24 @@ def train(argv=None):
     args = parse_args(argv, True)
     opt, run = setup_run(args, True)
     trainer = Trainer(opt, run, args.auto_resume)
+    together = False  # did every rank stop here (the group can be torn down) or only this one?
     try:
         trainer.run()
+        together = True
+    except (SystemExit, NonFiniteError):  # SIGTERM and non-finite losses are decided by all ranks together
+        together = True
+        raise
     finally:
         if hasattr(trainer, 'stop'):  # made in prepare(): restored also after an error close() did not see
             trainer.stop.restore()
         # the process group goes only after the trainer's DDP wrappers: a gloo group torn down under a live DDP
         # reducer aborts the process at exit ('terminate called without an active exception'; 3 runs in 30 of
-        # the NLCL heads DDP test's worker under load, none in 50 once the models were freed first)
-        del trainer
+        # the NLCL heads DDP test's worker under load, none in 50 once the models were freed first). The model is
+        # dropped from the trainer because an exception's traceback still holds the trainer itself.
+        trainer.model = None
         gc.collect()
-        dist_util.cleanup()
+        if together:  # a rank that failed alone skips the barrier (the others are inside a collective): exit
+            dist_util.cleanup()
     return opt
 
 

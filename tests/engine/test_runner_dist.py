@@ -68,3 +68,41 @@ def test_sigterm_writes_a_checkpoint_then_resume_continues(tiny_data, in_tmp):
     done = subprocess.run(cmd + ['--auto_resume'], cwd=in_tmp, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert 'Resuming training from' in done.stdout and f'iter:{stopped_at + 2:8,d}' in done.stdout
+
+
+CRASH_PLUGIN = '''
+import torch.distributed as dist
+from torch import nn
+from basicsr.utils.registry import ARCH_REGISTRY
+
+
+@ARCH_REGISTRY.register()
+class CrashOnRankOne(nn.Module):
+    """A residual conv whose third training call raises on rank 1 only: a bug that one rank meets alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.calls = nn.Conv2d(3, 3, 3, padding=1), 0
+
+    def forward(self, x):
+        self.calls += self.training
+        if self.calls == 3 and dist.is_initialized() and dist.get_rank() == 1:
+            raise RuntimeError('a bug on rank 1 only')
+        return x + self.conv(x)
+'''
+
+
+def test_a_rank_failing_alone_ends_the_run_at_once(tiny_data, in_tmp):
+    """An error on one rank only (the other is inside DDP's all-reduce) ends the run with the error, without the
+    teardown barrier of a finished run: that barrier would wait for a rank that never comes (gloo's 30 min)."""
+    (in_tmp / 'crash_plugin.py').write_text(CRASH_PLUGIN)
+    opt = shrink_recipe(tiny_data, 'crash', 10)
+    opt['plugins'] = ['crash_plugin.py']
+    opt['network_g'] = {'type': 'CrashOnRankOne'}
+    opt_path = write_options(opt, in_tmp / 'crash.yml')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+           os.path.join(REPO, 'irtoolkit/train.py'), '-opt', opt_path, '--launcher', 'pytorch']
+    proc = subprocess.run(cmd, cwd=in_tmp, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True,
+                          text=True, timeout=150)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and 'a bug on rank 1 only' in out, out[-3000:]
