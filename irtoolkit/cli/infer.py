@@ -28,6 +28,8 @@ import os.path as osp
 import sys
 import time
 
+from irtoolkit.training.validation_tiling import TILE_EXACT_WORDS
+
 
 def compare_strip(panels, labels, gap=4):
     """Side-by-side (H, W*n) uint8 BGR strip of (C, H, W) float tensors; smaller panels are resized (bicubic)."""
@@ -70,7 +72,7 @@ def main(argv=None):
                    help="tile size; 0 = whole image at once; auto = from the device's free memory (CUDA); on an "
                         'out-of-memory error the tile is halved and the image run again')
     p.add_argument('--tile-overlap', type=int, default=32)
-    p.add_argument('--tile-exact', choices=('auto', 'true', 'false'), default='auto',
+    p.add_argument('--tile-exact', choices=tuple(TILE_EXACT_WORDS), default='auto',
                    help="auto: the exact tile schedule when the network has one (output equal to the whole image's, "
                         'docs/evaluation.md), else blended tiles; true: exact or an error; false: blended tiles')
     p.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass')
@@ -124,7 +126,7 @@ def main(argv=None):
     if not args.ckpt:
         print('warning: no --weights: the network is randomly initialised', file=sys.stderr)
     align = args.tile_align or int(getattr(net, 'padder_size', 1) or 1)
-    exact = {'auto': 'auto', 'true': True, 'false': False}[args.tile_exact]
+    exact = TILE_EXACT_WORDS[args.tile_exact]
     if exact is True and not supports_exact_tiling(net):
         print(f'error: --tile-exact true: {arch} has no exact tile schedule (docs/evaluation.md lists the networks '
               'that have one); use --tile-exact auto or false', file=sys.stderr)

@@ -18,11 +18,17 @@ import re
 
 from irtoolkit.utils.errors import OptionError
 
-__all__ = ['ANY', 'NUM', 'Option', 'check_options', 'option_problems', 'merge_schema', 'fill_defaults', 'schema_rows']
+__all__ = ['ANY', 'NUM', 'Option', 'check_options', 'option_problems', 'merge_schema', 'fill_defaults', 'schema_rows',
+           'true_false_auto']
 
 ANY = object()
 NUM = (int, float)
 _NO_DEFAULT = object()
+
+
+def true_false_auto(v):
+    """true, false or auto"""
+    return isinstance(v, bool) or v == 'auto'
 
 
 class Option:

@@ -29,7 +29,7 @@ from irtoolkit.engine.run_log import TrainProgress, get_logger, init_tb_logger
 from irtoolkit.engine.tracking import build_tracker, sample_strip
 from irtoolkit.inference.recognise import recognise_file
 from irtoolkit.training.nonfinite import NonFiniteError
-from irtoolkit.training.validation_tiling import tile_with_overrides
+from irtoolkit.training.validation_tiling import TILE_EXACT_WORDS, tile_with_overrides
 from irtoolkit.utils import dist as dist_util
 from irtoolkit.utils.checkpoint import latest_usable_state, prune_checkpoints, safe_load, set_rng_state
 from irtoolkit.utils.errors import OptionError, UserError
@@ -52,7 +52,7 @@ def parse_args(argv, is_train=True):
                        help='test tile by tile, N px tiles (>= 16; 0: whole images); exact tiles when the network has '
                             'a schedule, so metrics equal whole-image ones on images larger than memory')
         p.add_argument('--tile-overlap', type=_cli_int(0), metavar='N', help='blended tiles: minimum overlap (32)')
-        p.add_argument('--tile-exact', choices=('auto', 'true', 'false'),
+        p.add_argument('--tile-exact', choices=tuple(TILE_EXACT_WORDS),
                        help='auto (default): exact tiles when the network has a schedule, else blended; true: exact or '
                             'an error; false: blended overlapping tiles')
     args = p.parse_args(argv)
@@ -457,7 +457,7 @@ def test(argv=None):
     args = parse_args(argv, False)
     opt, run = setup_run(args, False)
     if (args.tile, args.tile_overlap, args.tile_exact) != (None, None, None):
-        exact = {'auto': 'auto', 'true': True, 'false': False, None: None}[args.tile_exact]
+        exact = TILE_EXACT_WORDS.get(args.tile_exact)
         opt['val']['tile'] = tile_with_overrides(opt['val'].get('tile'), args.tile, args.tile_overlap, exact)
     os.makedirs(run.paths['results_root'], exist_ok=True)
     log_file = osp.join(run.paths['log'], f'test_{opt["name"]}_{time.strftime("%Y%m%d_%H%M%S")}.log')

@@ -51,7 +51,7 @@ import torch
 
 from irtoolkit.config.options import BASE_SCHEMA, SECTIONS, class_schema, renamed_problems
 from irtoolkit.config.run import RunContext
-from irtoolkit.config.schema import NUM, Option, fill_defaults, merge_schema
+from irtoolkit.config.schema import NUM, Option, fill_defaults, merge_schema, true_false_auto
 from irtoolkit.training.best_checkpoint import BestCheckpoint
 from irtoolkit.training.image_validation import ImageValidation
 from irtoolkit.training.nonfinite import NONFINITE_SCHEMA, NonFiniteError, NonFiniteGuard
@@ -71,11 +71,6 @@ logger = logging.getLogger('irtoolkit')
 def _amp_dtype(v):
     """bf16 or fp16"""
     return v in ('bf16', 'fp16', 'bfloat16', 'float16')
-
-
-def _true_false_auto(v):
-    """true, false or auto"""
-    return isinstance(v, bool) or v == 'auto'
 
 
 def channels_last_on(value, device):
@@ -104,7 +99,7 @@ TRAINING_SCHEMA = {
     'nonfinite': Option(NONFINITE_SCHEMA, doc='the non-finite guard before every optimiser step'),
     'compile': Option((bool, {'mode': str, 'backend': str}), doc='torch.compile the trainable networks: true, '
                       'or {mode: default|reduce-overhead|max-autotune, backend: inductor|aot_eager|...}'),
-    'channels_last': Option(_true_false_auto, 'auto', doc='channels-last memory format for the networks and image '
+    'channels_last': Option(true_false_auto, 'auto', doc='channels-last memory format for the networks and image '
                             'batches of training: true, false, or auto (default) = true on the CPU, where it is the '
                             'fastest setting measured and trains the same weights, false on other devices '
                             '(unmeasured there); docs/performance.md'),
@@ -525,11 +520,12 @@ class BaseModel(ImageValidation):
         alone says what to build (:mod:`irtoolkit.inference.recognise`)."""
         # contiguous: a file holds NCHW tensors whatever layout trained them (channels-last weights load into NCHW
         # networks either way, but code that views a loaded tensor, e.g. a converter, would fail on strided ones)
-        state = {'params': {k: v.detach().cpu().contiguous() for k, v in
-                            bare(self.networks[name]).state_dict().items()}}
+        def on_cpu(net):
+            return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+        state = {'params': on_cpu(bare(self.networks[name]))}
         if name in self.ema_networks:
-            state['params_ema'] = {k: v.detach().cpu().contiguous() for k, v in
-                                   self.ema_networks[name].state_dict().items()}
+            state['params_ema'] = on_cpu(self.ema_networks[name])
         network = plain_options(self.net_options.get(name))
         if network:
             state['network'] = network

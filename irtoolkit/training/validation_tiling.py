@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from irtoolkit.config.schema import Option
+from irtoolkit.config.schema import Option, true_false_auto
 from irtoolkit.utils.errors import OptionError
 
-__all__ = ['TILE_SCHEMA', 'TILE_OPTION', 'TileSettings', 'tile_settings', 'tile_with_overrides', 'network_align']
+__all__ = ['TILE_SCHEMA', 'TILE_OPTION', 'TILE_EXACT_WORDS', 'TileSettings', 'tile_settings', 'tile_with_overrides',
+           'network_align']
 
 
 def _tile_size(v):
@@ -43,16 +44,14 @@ def _non_negative_int(v):
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _true_false_auto(v):
-    """true, false or auto"""
-    return isinstance(v, bool) or v == 'auto'
-
+# ``--tile-exact`` (irtk-test, irtk-infer) -> the ``exact`` value of val.tile / tiled_forward
+TILE_EXACT_WORDS = {'auto': 'auto', 'true': True, 'false': False}
 
 TILE_SCHEMA = {
     'size': Option(_tile_size, doc='tile side in pixels at the input resolution (>= 16; 0: whole images); required'),
     'overlap': Option(_non_negative_int, 32, doc='blended tiles: minimum overlap of neighbouring tiles (< size); the '
                       'outer overlap // 4 pixels of each inner tile edge get weight 0'),
-    'exact': Option(_true_false_auto, 'auto', doc='auto: exact tiles when the network has a schedule '
+    'exact': Option(true_false_auto, 'auto', doc='auto: exact tiles when the network has a schedule '
                     '(irtoolkit.inference.exact_tiling), else blended; true: exact or an option error; false: blended'),
     'align': Option(_non_negative_int, 0, doc="blended tiles: tile grid multiple; 0: the network's padder_size when "
                     'it has one, else 1'),
@@ -71,11 +70,15 @@ class TileSettings:
     exact: object = TILE_SCHEMA['exact'].default
     align: int = TILE_SCHEMA['align'].default
 
+    def runs_exact(self, forward):
+        """Whether ``forward`` gets the exact schedule (``exact: true``, or ``auto`` and it has one)."""
+        from irtoolkit.inference.exact_tiling import supports_exact_tiling
+        return self.exact is True or (self.exact == 'auto' and supports_exact_tiling(forward))
+
     def describe(self, forward):
         """One line: the tiling ``forward`` gets (for the log)."""
-        from irtoolkit.inference.exact_tiling import supports_exact_tiling
         name = type(getattr(forward, 'module', forward)).__name__
-        if self.exact is True or (self.exact == 'auto' and supports_exact_tiling(forward)):
+        if self.runs_exact(forward):
             return f'val.tile: {self.size} px exact tiles ({name}: equal to whole images)'
         why = '' if self.exact is False else f'; {name} has no exact schedule'
         return (f'val.tile: {self.size} px blended tiles, overlap {self.overlap}, align '
@@ -85,12 +88,11 @@ class TileSettings:
         """The one-line option error of settings ``forward`` cannot run with, before any image does: ``exact:
         true`` for a network without an exact schedule; blended tiles no larger than their overlap."""
         from irtoolkit.inference.exact_tiling import supports_exact_tiling
-        exact = self.exact is True or (self.exact == 'auto' and supports_exact_tiling(forward))
         if self.exact is True and not supports_exact_tiling(forward):
             raise OptionError(f'{where}val.tile.exact: true, but {type(forward).__name__} has no exact tiling schedule '
                               '(NAFNet, KBNet, Restormer and the ConStyle U-Nets have one); use exact: auto or false')
         align = self.align or network_align(forward)
-        if not exact and self.size // align * align <= self.overlap:
+        if not self.runs_exact(forward) and self.size // align * align <= self.overlap:
             raise OptionError(f'{where}val.tile.overlap: {self.overlap} must be smaller than the tile '
                               f'({self.size} px, {max(align, self.size // align * align)} on the align-{align} grid)')
 
